@@ -287,11 +287,11 @@ class NoiseScheduleEDM(NoiseSchedule):
 
     def marginal_log_mean_coeff(self, t: Tensorish, check: bool = True) -> torch.Tensor:
         t = self.check_t(t) if check else _as_tensor(t)
-        return torch.zeros_like(t)
+        return 0.0 * t  # keeps t in the autograd graph (d alpha / dt = 0 exactly)
 
     def marginal_alpha(self, t: Tensorish, check: bool = True) -> torch.Tensor:
         t = self.check_t(t) if check else _as_tensor(t)
-        return torch.ones_like(t)
+        return 0.0 * t + 1.0
 
     def marginal_std(self, t: Tensorish, check: bool = True) -> torch.Tensor:
         t = self.check_t(t) if check else _as_tensor(t)

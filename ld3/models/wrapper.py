@@ -6,7 +6,8 @@ LuChengTHU/dpm-solver) and TimeTuner's extension with ``cond_process_fn``
 
 * ``noise``:   eps = model output
 * ``x_start``: eps = (x_t - alpha_t x_0) / sigma_t
-* ``v``:       eps = alpha_t v + sigma_t x_t            (v = alpha_t eps - sigma_t x_0)
+* ``v``:       eps = (alpha_t v + sigma_t x_t) / (alpha_t^2 + sigma_t^2)   (v = alpha_t eps - sigma_t x_0;
+               the denominator is 1 for VP schedules)
 * ``score``:   eps = -sigma_t * score
 
 Guidance:
@@ -112,7 +113,8 @@ def model_wrapper(
         if model_type == "x_start":
             return (x - alpha * out) / sigma
         if model_type == "v":
-            return alpha * out + sigma * x
+            # v = alpha eps - sigma x0 and x = alpha x0 + sigma eps give alpha v + sigma x = (alpha^2 + sigma^2) eps
+            return (alpha * out + sigma * x) / (alpha**2 + sigma**2)
         return -sigma * out  # score
 
     def call_model(x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
