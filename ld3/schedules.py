@@ -231,7 +231,8 @@ class NoiseScheduleVP(NoiseSchedule):
             return _interp(t.reshape(-1), self.t_array, self.log_alpha_array).reshape(t.shape)
         if self.schedule == "linear":
             return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
-        return torch.log(torch.cos((t + self.cosine_s) / (1.0 + self.cosine_s) * math.pi / 2.0)) - self.cosine_log_alpha_0
+        angle = (t + self.cosine_s) / (1.0 + self.cosine_s) * math.pi / 2.0
+        return torch.log(torch.cos(angle)) - self.cosine_log_alpha_0
 
     def marginal_std(self, t: Tensorish, check: bool = True) -> torch.Tensor:
         log_alpha = self.marginal_log_mean_coeff(t, check=check)

@@ -261,7 +261,8 @@ class AnalyticGMM:
         a0, a1 = self._alpha(t_start), self._alpha(t_end)
         y0 = self._flat(x_start.detach()).to(torch.float64) / a0
         if method == "closed_form":
-            comp = torch.zeros(y0.shape[0], dtype=torch.long) if self.K == 1 else torch.as_tensor(y).long().expand(y0.shape[0])
+            n = y0.shape[0]
+            comp = torch.zeros(n, dtype=torch.long) if self.K == 1 else torch.as_tensor(y).long().expand(n)
             mu = self.means[comp].to(torch.float64)
             ev = self.eigvals[comp].to(torch.float64)
             scale = torch.sqrt((ev + s1**2) / (ev + s0**2))
@@ -285,7 +286,8 @@ class AnalyticGMM:
             # dy/du = s * dy/ds = s * eps = -s^2 grad log p(y; s)
             return (-(s**2) * edm.score(yy, s)).reshape(-1).numpy()
 
-        sol = solve_ivp(rhs, (math.log(s0), math.log(s1)), y0.reshape(-1).numpy(), method="DOP853", rtol=rtol, atol=atol)
+        span = (math.log(s0), math.log(s1))
+        sol = solve_ivp(rhs, span, y0.reshape(-1).numpy(), method="DOP853", rtol=rtol, atol=atol)
         if not sol.success:
             raise RuntimeError(f"solve_ivp failed: {sol.message}")
         y1 = torch.from_numpy(sol.y[:, -1]).reshape(shape)
