@@ -5,4 +5,13 @@ from ld3.schedules import NoiseScheduleEDM, NoiseScheduleVP
 
 __version__ = "0.1.0"
 
-__all__ = ["NoiseScheduleVP", "NoiseScheduleEDM", "model_wrapper", "data_prediction_fn", "__version__"]
+__all__ = ["NoiseScheduleVP", "NoiseScheduleEDM", "model_wrapper", "data_prediction_fn", "TimeTuner", "__version__"]
+
+
+def __getattr__(name: str):
+    """Lazy exports (PEP 562): ``from ld3 import TimeTuner`` imports the learner only when asked for."""
+    if name == "TimeTuner":
+        from ld3.learners.timetuner import TimeTuner
+
+        return TimeTuner
+    raise AttributeError(f"module 'ld3' has no attribute {name!r}")
