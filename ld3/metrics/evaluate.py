@@ -180,6 +180,14 @@ def run_from_config(cfg: Any) -> Dict[str, Any]:
     solver = get_solver(cfg.solver.name, model.noise_schedule,
                         **(OmegaConf.to_container(cfg.solver.options, resolve=True) or {}))
     disc_opts = dict(OmegaConf.to_container(cfg.discretization.options, resolve=True) or {})
+    kind = str(cfg.discretization.kind).lower()
+    if kind == "gits" and disc_opts.get("cost") is None and disc_opts.get("model_fn") is None:
+        # GITS measures the model at hand on unconditional trajectories (conditions vary per sample)
+        disc_opts["model_fn"] = model.model_fn(guidance_type="uncond")
+        disc_opts.setdefault("shape", tuple(model.shape))
+        disc_opts.setdefault("device", dev)
+    if kind == "learned":
+        disc_opts.setdefault("model", cfg.model.name)  # refuse a schedule learned for another model
     disc = get_discretization(cfg.discretization.kind, model.noise_schedule, int(cfg.steps), solver=solver,
                               **disc_opts)
     name = f"{cfg.model.name}-{cfg.solver.name}-N{cfg.steps}-{cfg.discretization.kind}-{cfg.fid.feature}"
