@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Type
 
+import numpy as np
 import torch
 
-from ld3.schedules import NoiseSchedule
+from ld3.schedules import RANGE_TOLERANCE, NoiseSchedule
 
 ModelFn = Callable[..., torch.Tensor]
 Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
@@ -67,12 +68,20 @@ def validate_timesteps(
         raise ValueError(f"{name} has length {timesteps.numel()}, this solver needs {expected_len}")
     if timesteps.numel() < 2:
         raise ValueError(f"{name} needs at least 2 points, got {timesteps.numel()}")
-    td = timesteps.detach()
-    if not torch.isfinite(td).all():
+    # one device->host copy, then cheap checks on a small numpy array (no further syncs)
+    td = timesteps.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(td).all():
         raise ValueError(f"{name} contains NaN or inf: {td.tolist()}")
     if not (td[1:] < td[:-1]).all():
         raise ValueError(f"{name} must be strictly descending (t_max -> t_min), got {td.tolist()}")
-    noise_schedule.check_t(td, name=name)
+    ns = noise_schedule
+    tol = RANGE_TOLERANCE * max(abs(ns.T), 1.0)
+    if td[-1] < ns.eps - tol or td[0] > ns.T + tol:
+        bad = td[-1] if td[-1] < ns.eps - tol else td[0]
+        raise ValueError(
+            f"{name}={float(bad)!r} is outside the allowed range [eps, T] = [{ns.eps}, {ns.T}] "
+            f"of the {ns.kind} noise schedule"
+        )
     return timesteps
 
 
