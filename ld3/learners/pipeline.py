@@ -1,0 +1,377 @@
+"""An LD3 run from a config: model, solver, loss, teacher data, training, outputs and the final report.
+
+``run_ld3(cfg)`` is what ``main.py`` calls with the Hydra config (see ``configs/config.yaml``). A run
+lives in ``{learner.log_path}/{solver}-N{steps}-b{bound}-{loss}-lr2{lr2}rv1{rv1}-rv2{rv2}-seed{seed}``
+(the reference's name, plus ``-no_v1_only_v2`` / ``-match_prior``) and holds:
+
+* ``config.yaml`` (the resolved config) and ``fingerprint.json`` (what decides the results),
+* ``log.txt``, ``checkpoint.pt`` (atomic, after every step: an interrupted run resumes from it),
+* ``best_v2.pt`` (and ``best_v1.pt``) in the reference's format, ``discretization.json`` (our format),
+* ``history.json``, ``training_curve.png``, ``schedule.png`` (lambda(t_i) beside logSNR / EDM / time
+  uniform / time quadratic),
+* ``result.json``: held-out distance to the teacher of the learned grid and of every hand-crafted one.
+
+A run whose ``result.json`` exists is skipped on rerun (its result is returned). A run directory made
+with a different fingerprint is never reused silently: a ValueError names both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Tuple
+
+import torch
+from tqdm.auto import tqdm
+
+from ld3.learners.ld3 import (
+    LD3Config,
+    LD3Data,
+    LD3Trainer,
+    evaluate_grid,
+    resolve_hyper,
+    split_data,
+)
+from ld3.learners.losses import get_loss
+from ld3.utils.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("ld3.learner")
+
+HANDCRAFTED = ("time_uniform", "time_quadratic", "logSNR", "edm")
+#: teacher keys that change how the data is produced or where it lives, not what it is (not fingerprinted)
+_TEACHER_RUN_KEYS = ("data_dir", "sampling_batch_size", "device", "progress", "low_gpu")
+#: ``learner.prior.kind`` that starts from the best hand-crafted grid on the validation pairs (ours)
+BEST_HANDCRAFTED = "best_handcrafted"
+
+
+# ============================================================================================ helpers
+def _plain(cfg: Any) -> Any:
+    """OmegaConf node -> plain containers (resolved); dicts pass through."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(cfg, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return cfg
+
+
+def run_name(solver: str, steps: int, hyper: Dict[str, float], loss: str, lcfg: LD3Config, seed: int) -> str:
+    """The reference's run directory name (``utils.create_desc``)."""
+    name = (
+        f"{solver}-N{steps}-b{hyper['prior_bound']}-{loss}-lr2{hyper['lr_time_2']}"
+        f"rv1{lcfg.training_rounds_v1}-rv2{lcfg.training_rounds_v2}-seed{seed}"
+    )
+    if lcfg.no_v1:
+        name += "-no_v1_only_v2"
+    if lcfg.match_prior:
+        name += "-match_prior"
+    return name
+
+
+def fingerprint(obj: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _setup_file_log(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%m/%d %H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    if not any(isinstance(h, logging.StreamHandler) and getattr(h, "_ld3", False) for h in log.handlers):
+        sh = logging.StreamHandler(sys.stdout)
+        sh.setFormatter(logging.Formatter("[ld3] %(message)s"))
+        sh.setLevel(logging.INFO)
+        sh._ld3 = True  # type: ignore[attr-defined]
+        log.addHandler(sh)
+        log.propagate = False  # Hydra's root handlers would print every line twice
+    return handler
+
+
+def model_fn_factory(loaded: Any, mcfg: Dict[str, Any]) -> Callable[[Any, Any], Callable[..., torch.Tensor]]:
+    """(condition, unconditional_condition) -> the model's noise-prediction function (guidance from config)."""
+    gtype = mcfg.get("guidance_type")
+    gscale = mcfg.get("guidance_scale")
+    cache: Dict[str, Any] = {}
+
+    def make(cond: Any, uncond: Any) -> Callable[..., torch.Tensor]:
+        if cond is None and uncond is None:
+            if "uncond" not in cache:
+                cache["uncond"] = loaded.model_fn(guidance_type=gtype, guidance_scale=gscale)
+            return cache["uncond"]
+        return loaded.model_fn(guidance_type=gtype, guidance_scale=gscale, condition=cond,
+                               unconditional_condition=uncond)
+
+    return make
+
+
+def handcrafted_grids(noise_schedule: Any, steps: int, solver: Any, kinds=HANDCRAFTED) -> Dict[str, torch.Tensor]:
+    from ld3.discretizations import get_timesteps
+
+    return {k: get_timesteps(k, noise_schedule, steps, solver=solver).detach().cpu().double() for k in kinds}
+
+
+def prior_grid(
+    pcfg: Dict[str, Any], loaded: Any, solver: Any, steps: int, make_fn: Any = None, device: Any = None
+) -> torch.Tensor:
+    """The grid ``match_prior`` fits: explicit ``prior.timesteps`` (in ``prior.time_unit``) or a kind."""
+    ns = loaded.noise_schedule
+    ts = pcfg.get("timesteps")
+    if ts is not None:
+        t = torch.as_tensor(list(ts), dtype=torch.float64)
+        if pcfg.get("time_unit", "t") == "sigma" and getattr(ns, "kind", "") != "edm":
+            t = ns.inverse_edm_sigma(t)
+        return t
+    from ld3.discretizations import get_timesteps
+
+    kind = pcfg.get("kind", "gits")
+    opts = dict(pcfg.get("options") or {})
+    if str(kind).lower() == "gits" and "cost" not in opts:  # GITS needs the model itself
+        opts.setdefault("model_fn", (make_fn or model_fn_factory(loaded, {}))(None, None))
+        opts.setdefault("shape", tuple(loaded.shape))
+        if device is not None:
+            opts.setdefault("device", device)
+    return get_timesteps(kind, ns, steps, solver=solver, **opts).detach().cpu().double()
+
+
+# ============================================================================================ teacher data
+def load_teacher_data(cfg: Dict[str, Any], loaded: Any, needed: int, device: torch.device) -> Tuple[LD3Data, str]:
+    """Make sure the teacher data exists (``ld3.data.ensure_teacher_data``: generated on the fly when
+    absent, extended when too small) and load its first ``needed`` pairs."""
+    from ld3.data import TeacherDataset, ensure_teacher_data
+
+    path = ensure_teacher_data(cfg, model=loaded, num_samples=needed, device=device)
+    ds = TeacherDataset(path, limit=needed)
+    if len(ds) < needed:
+        raise ValueError(f"teacher data at {path} has {len(ds)} samples; the learner needs {needed}")
+    if ds.img_space != "pixel" and loaded.decode is not None:
+        raise ValueError(f"teacher data at {path} stores latents (img_space={ds.img_space!r}); the learner "
+                         "compares decoded pixels: regenerate it with img_space=pixel")
+    items = [ds[i] for i in range(needed)]
+    lat = torch.stack([it["latent"] for it in items])
+    tgt = torch.stack([it["img"] for it in items])
+    cond = [it["cond"] for it in items]
+    uncond = [it["uncond"] for it in items]
+    conds = None if all(x is None for x in cond) else _stack(cond)
+    unconds = None if all(x is None for x in uncond) else _stack(uncond)
+    return LD3Data(lat, tgt, conds, unconds), str(path)
+
+
+def _stack(xs):
+    if all(isinstance(x, torch.Tensor) for x in xs):
+        return torch.stack([torch.as_tensor(x) for x in xs])
+    return list(xs)
+
+
+# ============================================================================================ run
+def run_ld3(
+    cfg: Any,
+    data: LD3Data | None = None,
+    loaded: Any = None,
+    on_step: Callable[[LD3Trainer], None] | None = None,
+) -> Dict[str, Any]:
+    """Run LD3 as configured (``data``/``loaded`` may be given directly, e.g. by tests and scripts)."""
+    from ld3.logging import make_logger
+    from ld3.models.zoo import load_model
+    from ld3.solvers import get_solver
+    from ld3.utils import resolve_device, seed_everything
+
+    c = _plain(cfg)
+    steps = int(c["steps"])
+    seed = int(c.get("seed", 0))
+    device = resolve_device(str(c.get("device", "auto")))
+    lraw = dict(c.get("learner") or {})
+    log_path = lraw.pop("log_path", None) or "runs"
+    lname = lraw.pop("name", "ld3")
+    if lname != "ld3":
+        raise ValueError(f"main.py runs the LD3 learner; learner={lname!r} is not supported here (use learner=ld3)")
+    lcfg = LD3Config.from_dict(lraw)
+    mcfg = dict(c["model"])
+    scfg = dict(c["solver"])
+    seed_everything(seed)
+
+    if loaded is None:
+        loaded = load_model(mcfg["name"], **dict(mcfg.get("options") or {}))
+    ns = loaded.noise_schedule
+    solver = get_solver(scfg["name"], ns, **dict(scfg.get("options") or {}))
+
+    # the loss first: a missing LPIPS backbone must fail before any data generation or training
+    lossc = c.get("loss") or {"name": mcfg.get("default_loss", "l2")}
+    lossc = dict(lossc)
+    loss_name = lossc.pop("name")
+    loss_fn = get_loss(loss_name, model=loaded, **lossc).to(device)
+    loss_label = getattr(loss_fn, "name", loss_name)
+
+    latent_dim = 1
+    for s in loaded.shape:
+        latent_dim *= int(s)
+    hyper = resolve_hyper(lcfg, steps, latent_dim)
+    name = run_name(scfg["name"], steps, hyper, loss_label, lcfg, seed)
+    run_dir = Path(log_path) / name
+    fp_obj = {
+        "model": mcfg,
+        "solver": scfg,
+        "steps": steps,
+        "seed": seed,
+        "loss": {"name": loss_name, **lossc},
+        "learner": lcfg.to_dict(),
+        "teacher": {k: v for k, v in dict(c.get("teacher") or {}).items() if k not in _TEACHER_RUN_KEYS},
+    }
+    fp = fingerprint(fp_obj)
+    result_path = run_dir / "result.json"
+    if run_dir.exists() and (run_dir / "fingerprint.json").is_file():
+        old = json.loads((run_dir / "fingerprint.json").read_text())
+        if old.get("fingerprint") != fp:
+            raise ValueError(
+                f"run directory {run_dir} was made with a different configuration (fingerprint "
+                f"{old.get('fingerprint')} != {fp}); delete it or set learner.log_path elsewhere"
+            )
+    if result_path.is_file():
+        res = json.loads(result_path.read_text())
+        print(f"[ld3] {run_dir} is already finished; skipping (delete result.json to rerun)")
+        res["skipped"] = True
+        return res
+    data_root = "<in memory>"
+    if data is None:  # before the run directory exists: a failure here leaves nothing behind
+        needed = lcfg.num_train + lcfg.num_valid + lcfg.num_test
+        data, data_root = load_teacher_data(c, loaded, needed, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "fingerprint.json", {"fingerprint": fp, "inputs": fp_obj})
+    try:
+        from omegaconf import OmegaConf
+
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(c)))
+    except ImportError:  # pragma: no cover
+        atomic_write_json(run_dir / "config.json", c)
+    handler = _setup_file_log(run_dir)
+    logger = make_logger(c.get("logger") or {"backend": "disabled"}, run_config=c, run_name=name)
+    try:
+        return _run(c, lcfg, loaded, solver, loss_fn, loss_label, steps, seed, device, run_dir, data, data_root,
+                    logger, on_step, hyper)
+    finally:
+        logger.finish()
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(c, lcfg, loaded, solver, loss_fn, loss_label, steps, seed, device, run_dir, data, data_root, logger, on_step,
+         hyper):
+    mcfg = dict(c["model"])
+    make_fn = model_fn_factory(loaded, mcfg)
+    decode = loaded.decode
+    train, valid, test = split_data(data, lcfg.num_train, lcfg.num_valid, lcfg.num_test)
+    eval_split = "test" if len(test) > 0 else ("valid" if len(valid) > 0 else "train")
+    held_out = test if len(test) > 0 else (valid if len(valid) > 0 else train)
+    trainer = LD3Trainer(
+        lcfg, solver, steps, make_fn, loss_fn, train, valid if len(valid) else None, decode=decode,
+        run_dir=run_dir, device=device, seed=seed, on_step=on_step,
+        metrics_fn=lambda row: logger.log({k: v for k, v in row.items() if isinstance(v, (int, float))},
+                                          step=row.get("iter")),
+    )
+    log.info(f"LD3 run {run_dir.name}: model {mcfg['name']}, solver {solver.name}, NFE {steps} "
+             f"({solver.num_timesteps(steps)} grid points), time_mode {trainer.time_mode}, loss {loss_label}, "
+             f"device {device}, data {data_root}; "
+             f"prior_bound {hyper['prior_bound']}, shift_lr {hyper['shift_lr']}, lr2 {hyper['lr_time_2']}")
+    resumed = trainer.try_resume()
+    per_round = -(-lcfg.num_train // lcfg.main_train_batch_size)
+    total = per_round * trainer.total_rounds
+    if lcfg.max_iters is not None:
+        total = min(total, int(lcfg.max_iters))
+    bar = tqdm(total=total, initial=trainer.state["iter"], unit="step", desc=f"LD3 {run_dir.name}",
+               disable=not c.get("progress", True), leave=False)
+
+    def step_hook(t: LD3Trainer) -> None:
+        bar.update(t.state["iter"] - bar.n)
+        bar.set_postfix(best=f"{t.state['best_loss']:.4g}", round=t.state["round"])
+        if on_step is not None:
+            on_step(t)
+
+    trainer.on_step = step_hook
+    if not resumed and lcfg.match_prior:
+        pcfg = dict(lcfg.prior)
+        if str(pcfg.get("kind")).lower() == BEST_HANDCRAFTED:
+            # ours: start from the hand-crafted grid with the lowest validation loss (original latents)
+            sel = valid if len(valid) else train
+            cands = handcrafted_grids(loaded.noise_schedule, steps, solver)
+            scores = {k: evaluate_grid(solver, make_fn, loss_fn, sel, g, decode=decode,
+                                       batch_size=lcfg.eval_batch_size, device=device)["loss"]
+                      for k, g in cands.items()}
+            pick = min(scores, key=scores.get)
+            log.info("match_prior best_handcrafted on validation: " + ", ".join(
+                f"{k} {v:.6g}" for k, v in scores.items()) + f" -> {pick}")
+            trainer.match_prior(cands[pick])
+        else:
+            trainer.match_prior(prior_grid(pcfg, loaded, solver, steps, make_fn, device))
+    t0 = time.time()
+    try:
+        state = trainer.train()
+    finally:
+        bar.close()
+    train_time = time.time() - t0 + (state.get("elapsed_s", 0.0) if resumed else 0.0)
+    t1, t2 = trainer.best_timesteps()
+
+    # held-out comparison with the hand-crafted grids (original latents, no ball moves)
+    grids = handcrafted_grids(loaded.noise_schedule, steps, solver)
+    ev = dict(make_model_fn=make_fn, loss_fn=loss_fn, data=held_out, decode=decode,
+              batch_size=lcfg.eval_batch_size, device=device)
+    learned = evaluate_grid(solver, timesteps=t1, model_timesteps=t2, **ev)
+    learned_t1_only = evaluate_grid(solver, timesteps=t1, **ev)
+    hand = {k: evaluate_grid(solver, timesteps=g, **ev) for k, g in grids.items()}
+    best_k = min(hand, key=lambda k: hand[k]["loss"])
+    best_v = hand[best_k]["loss"]
+    improvement = 1.0 - learned["loss"] / best_v if best_v > 0 else 0.0
+    log.info(f"held-out ({eval_split}, n={held_out.latents.shape[0]}) {loss_label}: learned {learned['loss']:.6g}; "
+             + ", ".join(f"{k} {v['loss']:.6g}" for k, v in hand.items())
+             + f"; vs best hand-crafted ({best_k}): {100 * improvement:+.1f}%")
+
+    from ld3.discretizations import save as save_disc
+    from ld3.learners.plots import plot_schedule, plot_training_curve
+
+    metrics = {"eval_split": eval_split, f"{loss_label}": learned["loss"], "best_valid_loss": state["best_loss"]}
+    save_disc(
+        run_dir / "discretization.json", t1, model=mcfg["name"], solver=solver.name, nfe=steps,
+        model_timesteps=t2, time_unit="t", source="learned:ld3", metrics=metrics,
+        config={"learner": lcfg.to_dict(), "hyper": hyper, "loss": loss_label, "seed": seed},
+    )
+    atomic_write_json(run_dir / "history.json", trainer.history)
+    title = f"{mcfg['name']} {solver.name} NFE {steps} ({loss_label})"
+    plot_training_curve(trainer.history, run_dir / "training_curve.png", title=title)
+    plot_schedule(loaded.noise_schedule, t1, t2, {k: grids[k] for k in ("logSNR", "edm", "time_uniform",
+                                                                           "time_quadratic")},
+                  run_dir / "schedule.png", title=title)
+    result = {
+        "task": "ld3",
+        "run": run_dir.name,
+        "run_dir": str(run_dir),
+        "model": mcfg["name"],
+        "solver": solver.name,
+        "nfe": steps,
+        "loss": loss_label,
+        "time_mode": trainer.time_mode,
+        "seed": seed,
+        "eval_split": eval_split,
+        "n_eval": int(held_out.latents.shape[0]),
+        "learned": learned["loss"],
+        "learned_std": learned["loss_std"],
+        "learned_t1_only": learned_t1_only["loss"],
+        "handcrafted": {k: v["loss"] for k, v in hand.items()},
+        "best_handcrafted": best_k,
+        "best_handcrafted_value": best_v,
+        "improvement_vs_best": improvement,
+        "best_valid_loss": state["best_loss"],
+        "stop_reason": state["stop_reason"],
+        "steps_trained": state["iter"],
+        "train_time_s": train_time,
+        "timesteps": t1.tolist(),
+        "model_timesteps": t2.tolist(),
+        "hyper": hyper,
+    }
+    logger.log_result({k: v for k, v in result.items() if k not in ("timesteps", "model_timesteps")})
+    atomic_write_json(run_dir / "result.json", result)
+    log.info(f"LD3 finished: {run_dir / 'discretization.json'}")
+    return result

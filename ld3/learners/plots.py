@@ -1,0 +1,88 @@
+"""Figures of an LD3 run: the training curve and the learned schedule in lambda space (PNG, Agg backend)."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Dict, List, Mapping, Sequence
+
+import torch
+
+from ld3.schedules import NoiseSchedule
+from ld3.utils.io import atomic_write_bytes
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_training_curve(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> None:
+    """Training loss per step, validation and best loss per check (log scale), and learning rates."""
+    plt = _pyplot()
+    tr = [(h["iter"], h["train_loss"]) for h in history if h.get("kind") == "train"]
+    va = [(h["iter"], h["valid_loss"], h["best_loss"]) for h in history if h.get("kind") == "valid"]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    if tr:
+        ax.plot([a for a, _ in tr], [b for _, b in tr], lw=0.8, alpha=0.6, label="train batch loss")
+    if va:
+        ax.plot([a for a, _, _ in va], [b for _, b, _ in va], "o-", ms=2.5, lw=1, label="validation loss")
+        ax.plot([a for a, _, _ in va], [c for _, _, c in va], "-", lw=1.5, label="best validation loss")
+    ax.set_yscale("log")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    rows = [h for h in history if h.get("kind") in ("train", "valid")]
+    if rows:
+        ax2.plot([h["iter"] for h in rows], [h["lr1"] for h in rows], label="lr params1")
+        ax2.plot([h["iter"] for h in rows], [h["lr2"] for h in rows], label="lr params2")
+        ax2.set_yscale("log")
+        ax2.legend(fontsize=8)
+    ax2.set_xlabel("training step")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_schedule(
+    noise_schedule: NoiseSchedule,
+    learned_t1: torch.Tensor,
+    learned_t2: torch.Tensor,
+    baselines: Dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    title: str = "",
+) -> None:
+    """lambda(t_i) against the step index i for the learned grid (t1, t2) and hand-crafted ones."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+    def lam(t: torch.Tensor) -> List[float]:
+        return noise_schedule.marginal_lambda(t.detach().cpu().double(), check=False).tolist()
+
+    for name, t in baselines.items():
+        ax.plot(range(len(t)), lam(t), ".-", lw=1, alpha=0.8, label=name)
+    ax.plot(range(len(learned_t1)), lam(learned_t1), "o", ms=7, mfc="none", mew=1.6, color="k",
+            label="LD3 t1 (integration)")
+    ax.plot(range(len(learned_t2)), lam(learned_t2), "x", ms=7, color="crimson", label="LD3 t2 (network)")
+    ax.set_xlabel("step i")
+    ax.set_ylabel("lambda(t_i) = log(alpha/sigma)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)

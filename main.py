@@ -1,0 +1,19 @@
+"""Learn a time discretization with LD3 (Tong et al. 2024): ``python main.py [overrides]``.
+
+Thin Hydra entry point; the work is done by :func:`ld3.learners.pipeline.run_ld3` (docs/ld3.md).
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    from ld3.learners.pipeline import run_ld3
+
+    result = run_ld3(cfg)
+    return float(result["learned"])  # the held-out distance (what a Hydra sweeper would minimize)
+
+
+if __name__ == "__main__":
+    main()
