@@ -49,7 +49,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--weights-dir", default=None, help="digits weights (default: the package assets)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust on a shared machine)")
     p.add_argument("--solver", default=None, help=f"teacher solver (default: first of {TEACHER_PREFERENCE})")
     p.add_argument("--teacher-steps", type=int, default=100)
     p.add_argument("--discretization", default="time_uniform")

@@ -169,8 +169,23 @@ def write_markdown(rows: List[Dict[str, Any]], args: argparse.Namespace, elapsed
         "misses are marked (short).",
         "",
     ]
+    lines += ["## Summary", ""]
+    for v in args.variants:
+        rs = [r for r in rows if r["variant"] == v]
+        wins = [r for r in rs if r["improvement_vs_best"] > 0]
+        n4 = [r for r in rs if r["nfe"] == 4]
+        misses = [f"{r['model']} {r['solver']} NFE {r['nfe']} ({100 * r['improvement_vs_best']:+.1f}%)"
+                  for r in rs if r["improvement_vs_best"] <= 0 or (r["nfe"] == 4 and r["improvement_vs_best"] < 0.3)]
+        lines.append(
+            f"* `{v} init`: lower than the best hand-crafted grid in {len(wins)}/{len(rs)} settings; at NFE 4 "
+            f"the smallest gain is {100 * min((r['improvement_vs_best'] for r in n4), default=float('nan')):+.1f}%"
+            + (f"; misses: {', '.join(misses)}." if misses else "; no misses.")
+        )
+    lines.append("")
     for model in args.models:
-        title = {"digits": "Embedded `digits` model (teacher: UniPC, 20 steps, logSNR; classifier-free guidance 2.0)",
+        g = model_cfg(model, args)
+        title = {"digits": f"Embedded `digits` model (teacher: UniPC, 20 steps, logSNR; {g.get('guidance_type')} "
+                           f"guidance {g.get('guidance_scale')})",
                  "analytic_gmm": "Analytic Gaussian mixture (dim 16, 4 components; teacher: exact ODE solution)"}
         lines += [f"## {title.get(model, model)}", ""] + table(rows, model, args.variants) + [""]
     out = REPO / args.out

@@ -331,8 +331,12 @@ class LD3Data:
     def __len__(self) -> int:
         return int(self.latents.shape[0])
 
-    def cond(self, idx: torch.Tensor) -> Tuple[Any, Any]:
-        return _take(self.conditions, idx), _take(self.unconditions, idx)
+    def cond(self, idx: torch.Tensor, device: Any = None) -> Tuple[Any, Any]:
+        c, u = _take(self.conditions, idx), _take(self.unconditions, idx)
+        if device is not None:
+            c = c.to(device) if isinstance(c, torch.Tensor) else c
+            u = u.to(device) if isinstance(u, torch.Tensor) else u
+        return c, u
 
 
 def _take(c: Any, idx: torch.Tensor) -> Any:
@@ -474,7 +478,7 @@ class LD3Trainer:
         return x0 if self.decode is None else self.decode(x0)
 
     def loss_vector(self, data: LD3Data, latents: torch.Tensor, idx: torch.Tensor, t1, t2) -> torch.Tensor:
-        cond, uncond = data.cond(idx)
+        cond, uncond = data.cond(idx, self.device)
         out = self.solve(latents, t1, t2, cond, uncond)
         return self.loss_fn(out, data.targets[idx].to(self.device))
 
@@ -835,7 +839,7 @@ def evaluate_grid(
     n = len(data)
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
-        cond, uncond = data.cond(idx)
+        cond, uncond = data.cond(idx, device)
         fn = make_model_fn(cond, uncond)
         x0 = solver.sample(fn, data.latents[idx].to(device) * scale, timesteps.to(device),
                            model_timesteps=None if model_timesteps is None else model_timesteps.to(device))

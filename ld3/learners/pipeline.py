@@ -93,6 +93,16 @@ def _setup_file_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
+def move_model(loaded: Any, device: torch.device) -> None:
+    """Put every torch module of a LoadedModel (network, decoder, classifier, feature net) on ``device``."""
+    objs = [getattr(loaded, a, None) for a in ("network", "classifier", "decode", "feature_fn", "cond_process_fn")]
+    objs += list((getattr(loaded, "metadata", None) or {}).values())
+    for obj in objs:
+        mod = obj if isinstance(obj, torch.nn.Module) else getattr(obj, "__self__", None)
+        if isinstance(mod, torch.nn.Module):
+            mod.to(device)
+
+
 def model_fn_factory(loaded: Any, mcfg: Dict[str, Any]) -> Callable[[Any, Any], Callable[..., torch.Tensor]]:
     """(condition, unconditional_condition) -> the model's noise-prediction function (guidance from config)."""
     gtype = mcfg.get("guidance_type")
@@ -197,6 +207,7 @@ def run_ld3(
 
     if loaded is None:
         loaded = load_model(mcfg["name"], **dict(mcfg.get("options") or {}))
+    move_model(loaded, device)
     ns = loaded.noise_schedule
     solver = get_solver(scfg["name"], ns, **dict(scfg.get("options") or {}))
 
@@ -215,6 +226,7 @@ def run_ld3(
     run_dir = Path(log_path) / name
     fp_obj = {
         "model": mcfg,
+        "weights": (getattr(loaded, "metadata", None) or {}).get("checksums"),  # retrained weights -> new run
         "solver": scfg,
         "steps": steps,
         "seed": seed,
