@@ -33,7 +33,7 @@ REGENERATE_HINT = (
     "`python scripts/train_embedded.py --out <weights_dir>`"
 )
 #: classifier-free guidance scale w in eps_u + w (eps_c - eps_u) used when a config gives none
-DEFAULT_CFG_SCALE = 1.5
+DEFAULT_CFG_SCALE = 2.0
 #: a classifier-guidance scale that gives clean class-consistent samples (for configs and docs)
 DEFAULT_CLASSIFIER_SCALE = 2.0
 GUIDANCE_SCALES = {"uncond": 1.0, "classifier": DEFAULT_CLASSIFIER_SCALE, "classifier-free": DEFAULT_CFG_SCALE}
