@@ -11,7 +11,10 @@ Rows (same network, same x_T, same NFE, one run each after a warm-up; median of 
 * ``ld3 <solver> CFG, batch 1 x 256``: the same work without batching (``--batch1``), to show what
   batching buys.
 
-The load average at start and end is printed: on a shared machine other processes inflate times.
+The load average at start and end is printed, and each row's CPU seconds: on a shared machine other
+processes inflate times, and with 2 OpenMP threads on 2 busy cores much more than with 1 (measured at
+load average ~4: 18.7 s with 2 threads vs 6.3 s with 1; on a quiet machine 2.7 s vs 3.8 s). Use
+``--threads 1`` when the cores are shared.
 
 Usage::
 
