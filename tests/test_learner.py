@@ -362,7 +362,8 @@ tr.train()
 def test_resume_after_sigkill(gmm, data16, tmp_path):
     """A real SIGKILL mid-run (atomic checkpoints): the resumed run ends exactly where an uninterrupted one does."""
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD.format(tests=str(REPO / "tests"), run=str(run))], cwd=str(REPO))
+    code = _CHILD.format(tests=str(REPO / "tests"), run=str(run))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO))
     ckpt = run / "checkpoint.pt"
     deadline = time.time() + 120
     try:
