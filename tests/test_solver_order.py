@@ -24,14 +24,6 @@ TOLERANCE = 0.3
 ORDER_CASES = [c for c in CASES if c.order is not None]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _setup(kind: str):
     ns = NoiseScheduleVP("linear") if kind == "vp_linear" else NoiseScheduleEDM()

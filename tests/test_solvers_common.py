@@ -19,14 +19,6 @@ from ld3.solvers import available, get_solver
 DT = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def valid_nfe(solver, nfe: int, limit: int = 4) -> int:
     """The smallest NFE >= nfe that the solver can spend exactly (heun and pfdiff have parity rules)."""

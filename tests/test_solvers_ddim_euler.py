@@ -16,13 +16,6 @@ from ld3.solvers.thresholding import ThresholdingOptions, dynamic_threshold
 DT = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 SCHEDULES = {
     "vp_discrete": lambda: NoiseScheduleVP("discrete", betas=ddpm_linear_betas()),

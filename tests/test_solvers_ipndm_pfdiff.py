@@ -14,13 +14,6 @@ from ld3.solvers.ipndm import AB_COEFFICIENTS, variable_step_ab_coefficients
 DT = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def logsnr_grid(ns, n_points: int) -> torch.Tensor:
     lam = torch.linspace(ns.lambda_min, ns.lambda_max, n_points, dtype=DT)

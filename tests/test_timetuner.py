@@ -28,15 +28,6 @@ from ld3.schedules import ddpm_linear_betas
 N_TRAIN = 1000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is several times faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ns():
     return NoiseScheduleVP("discrete", betas=ddpm_linear_betas())

@@ -34,15 +34,6 @@ SD_SCHEDULER = {  # the real stable-diffusion-v1-5 scheduler/scheduler_config.js
 MAX_LEN = 12  # tokenizer model_max_length (77 in the real model)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions are dominated by threading overhead; 1 thread is ~10x faster on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _write_clip_tokenizer(folder: Path) -> None:
     """A tiny byte-level BPE vocabulary in CLIP's file format (vocab.json + merges.txt + configs)."""
     folder.mkdir(parents=True)
