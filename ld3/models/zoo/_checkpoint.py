@@ -8,6 +8,7 @@ the ``scripts/download_model.sh`` command that fetches it again, before any mode
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
 
@@ -41,13 +42,70 @@ def check_sha256(path: Path, sha256: Optional[str], what: str, fetch_hint: str) 
         )
 
 
-def load_torch_state(path: Path, what: str, fetch_hint: str, sha256: Optional[str] = None) -> Dict[str, object]:
-    """The object of a ``.pt`` / ``.ckpt`` file read with ``weights_only=True`` (after the checksum, if any)."""
+#: module prefixes of training-run metadata that CompVis / Lightning checkpoints pickle next to the weights
+#: (e.g. ``callbacks: {ModelCheckpoint: {...}}``); with ``metadata_globals=True`` they are read as inert data
+METADATA_GLOBAL_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.",
+                            "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype")
+
+
+class InertGlobal:
+    """Stand-in for a pickled class or function that is never imported nor run: it only records its arguments."""
+
+    qualname = "?"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<inert {self.qualname}>"
+
+
+def _inert(qualname: str) -> type:
+    return type(qualname.rsplit(".", 1)[-1], (InertGlobal,), {"qualname": qualname})
+
+
+def _metadata_globals(path: Path) -> list:
+    names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    bad = [n for n in names if not n.startswith(METADATA_GLOBAL_PREFIXES)]
+    if bad:
+        raise CorruptModelError(
+            f"{str(path)!r} pickles code references that a weights file does not need: {sorted(bad)[:6]}; refusing "
+            f"to load it (nothing from the file was run)"
+        )
+    return [(_inert(n), n) for n in names]
+
+
+def load_torch_state(path: Path, what: str, fetch_hint: str, sha256: Optional[str] = None,
+                     metadata_globals: bool = False) -> Dict[str, object]:
+    """The object of a ``.pt`` / ``.ckpt`` file read with ``weights_only=True`` (after the checksum, if any).
+
+    ``metadata_globals=True`` admits the training metadata of Lightning checkpoints (classes under
+    :data:`METADATA_GLOBAL_PREFIXES`) as :class:`InertGlobal` stand-ins: still ``weights_only``
+    unpickling, nothing is imported or executed; any other global reference is refused.
+    """
     check_sha256(path, sha256, what, fetch_hint)
     if path.stat().st_size == 0:
         raise CorruptModelError(f"{what} {str(path)!r} is empty; {_refetch(fetch_hint)}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            if not metadata_globals:
+                try:
+                    names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))[:6]
+                except Exception:  # noqa: BLE001
+                    names = []
+                raise CorruptModelError(
+                    f"{what} {str(path)!r} pickles objects other than tensors ({names or 'unknown globals'}); "
+                    f"refused by weights_only=True loading (nothing from the file was run)"
+                ) from None
+            with torch.serialization.safe_globals(_metadata_globals(path)):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CorruptModelError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unpickling / zip failure means the file is unusable
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CorruptModelError(
