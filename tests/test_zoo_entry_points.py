@@ -100,3 +100,42 @@ def test_main_two_steps(confdir, model, tmp_path):
     assert len(found) == 1
     disc = json.loads(found[0].read_text())
     assert disc["nfe"] == 2 and len(disc["timesteps"]) == 3
+
+
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory):
+    """An Inception-v3 weights file in torch-fidelity's format with random values, and stats to compare to.
+
+    FID itself is tested elsewhere (tests/test_fid.py); here only the plumbing of eval_fid.py matters.
+    """
+    from unittest import mock
+
+    import numpy as np
+
+    fi = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    d = tmp_path_factory.mktemp("inception")
+    with mock.patch.object(fi, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(fi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
+        torch.manual_seed(0)
+        net = fi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), d / "inception.pth")
+    np.savez(d / "ref.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", sorted(TINY))
+def test_eval_fid_two_steps(confdir, random_inception, model, tmp_path):
+    """eval_fid.py on tiny ADM (classifier guidance) / LDM cin256 (CFG); ~30 s each, mostly FID's 2048-d sqrtm."""
+    _need(confdir, model)
+    args = [f"hydra.searchpath=[file://{confdir}]", f"model={model}", "solver=ddim", "steps=2",
+            "device=cpu", "num_samples=4", "batch_size=4", "fid=inception",
+            f"fid.inception_weights={random_inception / 'inception.pth'}",
+            f"fid.ref_stats={random_inception / 'ref.npz'}", "progress=false", "save_grid=false",
+            f"out_dir={tmp_path / 'fid'}", f"paths.results={tmp_path / 'results.jsonl'}",
+            f"hydra.run.dir={tmp_path / 'hydra'}"]
+    p = _run("eval_fid.py", args, tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "FID (inception, 4 samples, NFE 2)" in p.stdout + p.stderr
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines() if line.strip()]
+    assert len(rows) == 1
