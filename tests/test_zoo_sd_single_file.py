@@ -123,5 +123,8 @@ def test_single_file_errors(sd_files, tmp_path):
     save_file({"weight": torch.zeros(2)}, other)
     with pytest.raises(CorruptModelError, match="model.diffusion_model"):
         load_model("stable_diffusion", path=other, single_file_config=cfg, device="cpu")
+    with pytest.raises(CorruptModelError, match=r"tiny-sd\.ckpt.*sha256.*download_model\.sh sd"):
+        load_model("stable_diffusion", path=sd_files / "tiny-sd.ckpt", single_file_config=cfg, sha256="deadbeef00",
+                   device="cpu")
     with pytest.raises(FileNotFoundError, match="lacks"):
         load_model("stable_diffusion", path=sd_files / "tiny-sd.ckpt", single_file_config=tmp_path, device="cpu")

@@ -371,6 +371,7 @@ def load_stable_diffusion(
     clamp_decoded: bool = False,
     vae_slicing: bool = False,
     prompt_cache_size: int = 256,
+    sha256: str | None = None,
 ) -> LoadedModel:
     """Load Stable Diffusion as a latent-space :class:`LoadedModel` with text classifier-free guidance.
 
@@ -385,6 +386,7 @@ def load_stable_diffusion(
         single_file_config: for a single-file checkpoint, a local directory with the diffusers configs.
         clamp_decoded: clamp decoded pixels to [-1, 1].
         vae_slicing: decode one image at a time (saves memory at 512x512).
+        sha256: pinned checksum (hex digest or prefix) of a single-file checkpoint, verified before loading.
     """
     if height is not None and width is None or width is not None and height is None:
         raise ValueError(f"give both height and width or neither, got height={height}, width={width}")
@@ -392,8 +394,14 @@ def load_stable_diffusion(
     dev = resolve_device(device)
     src = resolve_weights_path(path, checkpoint, weights_dir, "Stable Diffusion model", "sd")
     if src.is_dir():
+        if sha256 is not None:
+            raise ValueError("options.sha256 applies to a single-file checkpoint, not to a pipeline directory")
         parts = _load_sd_components(src, torch_dtype, variant)
     elif src.suffix in SINGLE_FILE_SUFFIXES:
+        from ld3.models.zoo._checkpoint import check_sha256
+
+        if single_file_config is not None:
+            check_sha256(src, sha256, "Stable Diffusion checkpoint", "sd")
         parts = _load_sd_single_file(src, single_file_config, torch_dtype)
     else:
         raise ValueError(
