@@ -128,3 +128,39 @@ def test_single_file_errors(sd_files, tmp_path):
                    device="cpu")
     with pytest.raises(FileNotFoundError, match="lacks"):
         load_model("stable_diffusion", path=sd_files / "tiny-sd.ckpt", single_file_config=tmp_path, device="cpu")
+
+
+def test_full_size_v1_names_and_shapes_convert_to_the_diffusers_models():
+    """``sd_v1_release_manifest.json``: names / shapes of a Stable Diffusion v1 CompVis checkpoint, from the
+    original latent-diffusion modules built (meta device) with ``v1-inference.yaml`` of github
+    CompVis/stable-diffusion, plus transformers' CLIP ViT-L/14 text model under ``cond_stage_model.transformer.
+    text_model.*``. They convert exactly onto the diffusers SD v1 U-Net / VAE (the published v1-5 configs) and
+    the CLIP text model."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ld3.models.zoo.diffusers_models import sd_text_encoder_state
+
+    man = json.loads((DATA / "sd_v1_release_manifest.json").read_text())
+    ck = {k: torch.empty(s, device="meta") for k, s in man.items()}
+    unet_cfg = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+                    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    vae_cfg = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                   layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                   up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+    for cls, cfg in ((UNet2DConditionModel, unet_cfg), (AutoencoderKL, vae_cfg)):
+        with torch.device("meta"):
+            model = cls(**cfg)
+        conv = SINGLE_FILE_LOADABLE_CLASSES[cls.__name__]["checkpoint_mapping_fn"](checkpoint=dict(ck),
+                                                                                   config=dict(model.config))
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        assert {k: tuple(v.shape) for k, v in conv.items()} == want
+    with torch.device("meta"):
+        clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                            num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77))
+    own = clip.state_dict()
+    sub = sd_text_encoder_state(ck, own)
+    assert {k: tuple(v.shape) for k, v in sub.items()} == {k: tuple(v.shape) for k, v in own.items()}

@@ -295,19 +295,14 @@ def read_single_file_state(file: Path, what: str = "Stable Diffusion checkpoint"
     return state
 
 
-def _load_sd_text_encoder(state: Dict[str, torch.Tensor], cfg: Path, torch_dtype: torch.dtype, file: Path) -> Any:
-    """CLIPTextModel from the diffusers config in ``cfg/text_encoder`` and the checkpoint's CLIP weights."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def sd_text_encoder_state(state: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The checkpoint's CLIP tensors (``cond_stage_model.transformer.*``) under the names of ``own``.
 
-    from ld3.models.zoo._checkpoint import load_strict
-
+    Released files name them ``text_model.*`` (transformers 4.x; very old versions had no such level); the
+    installed transformers may or may not use that level. ``position_ids`` (a buffer only some versions
+    save) is taken from ``own`` when the file lacks it and dropped when the model has none.
+    """
     sub = {k[len(SD_TEXT_PREFIX):]: v for k, v in state.items() if k.startswith(SD_TEXT_PREFIX)}
-    if not sub:
-        raise ValueError(f"{str(file)!r} holds no CLIP text encoder weights ({SD_TEXT_PREFIX}*)")
-    model = CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder", local_files_only=True))
-    own = model.state_dict()
-    # released files name the CLIP weights "text_model.*" (transformers 4.x; very old versions had no such level);
-    # the installed transformers may or may not use that level: map either layout onto the model's own names
     own_level = any(k.startswith("text_model.") for k in own)
 
     def rename(k: str) -> str:
@@ -315,11 +310,24 @@ def _load_sd_text_encoder(state: Dict[str, torch.Tensor], cfg: Path, torch_dtype
         return "text_model." + k if own_level else k
 
     sub = {rename(k): v for k, v in sub.items()}
-    pid = rename("embeddings.position_ids")  # a buffer that only some transformers versions save
+    pid = rename("embeddings.position_ids")
     if pid in own:
         sub.setdefault(pid, own[pid])
     else:
         sub.pop(pid, None)
+    return sub
+
+
+def _load_sd_text_encoder(state: Dict[str, torch.Tensor], cfg: Path, torch_dtype: torch.dtype, file: Path) -> Any:
+    """CLIPTextModel from the diffusers config in ``cfg/text_encoder`` and the checkpoint's CLIP weights."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ld3.models.zoo._checkpoint import load_strict
+
+    if not any(k.startswith(SD_TEXT_PREFIX) for k in state):
+        raise ValueError(f"{str(file)!r} holds no CLIP text encoder weights ({SD_TEXT_PREFIX}*)")
+    model = CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder", local_files_only=True))
+    sub = sd_text_encoder_state(state, model.state_dict())
     load_strict(model, sub, "CLIP text encoder of", file, "Check options.single_file_config/text_encoder/config.json.")
     return model.to(torch_dtype)
 
