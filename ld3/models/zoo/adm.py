@@ -20,7 +20,7 @@ built with the flags the repository's README gives for each model, and loaded st
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -83,7 +83,6 @@ class ADMRelease:
     classifier_checkpoint: str
     classifier: Dict[str, Any]
     guidance_scale: float
-    sha256: Dict[str, str] = field(default_factory=dict)
 
 
 _MULT64, _MULT256 = (1, 2, 3, 4), (1, 1, 2, 2, 4, 4)
