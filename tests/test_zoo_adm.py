@@ -182,3 +182,22 @@ def test_one_call_moves_unet_and_classifier(files, tiny):
     m.network.to(torch.float64)
     assert {p.dtype for p in m.network.parameters()} == {torch.float64}
     assert m.network.classifier is not None and next(m.network.classifier.parameters()).dtype == torch.float64
+
+
+def test_unconditional_unet_with_classifier_guidance(files, tiny, ref):
+    """256x256_diffusion_uncond + classifier: the labels reach only the classifier (README: scale 10)."""
+    m = load_model("adm", path=files / "unet_uncond.pt", classifier_path=files / "classifier.pt",
+                   architecture=tiny["unet_uncond"]["config"], classifier_architecture=tiny["classifier"]["config"],
+                   beta_schedule="linear", device="cpu", guidance_scale=10.0)
+    assert m.default_guidance == "classifier" and m.num_classes == 10 and not m.metadata["class_conditional"]
+    x, y = ref["x"], ref["y"]
+    t = torch.tensor([0.3, 0.8])
+    eps = m.model_fn(condition=y)(x, t)
+    t_in = (t - 1e-3) * 1000
+    xg = x.clone().requires_grad_(True)
+    logp = torch.log_softmax(m.network.classifier(xg, t_in), -1)
+    (grad,) = torch.autograd.grad(logp[[0, 1], y].sum(), xg)
+    sigma = m.noise_schedule.marginal_std(t)[:, None, None, None].float()
+    with torch.no_grad():
+        expected = m.network(x, t_in) - 10.0 * sigma * grad
+    torch.testing.assert_close(eps, expected, atol=1e-5, rtol=1e-5)
