@@ -201,3 +201,15 @@ def test_unconditional_unet_with_classifier_guidance(files, tiny, ref):
     with torch.no_grad():
         expected = m.network(x, t_in) - 10.0 * sigma * grad
     torch.testing.assert_close(eps, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_float16_networks_stay_close_to_the_reference(files, tiny, ref):
+    """dtype=float16 (the release's use_fp16): GroupNorm and softmax in float32, outputs in the caller's dtype."""
+    m = _load_cond(files, tiny, dtype="float16")
+    assert {p.dtype for p in m.network.parameters()} == {torch.float16}
+    with torch.no_grad():
+        eps = m.network(ref["x"], ref["t"], ref["y"])
+    assert eps.dtype == torch.float32
+    torch.testing.assert_close(eps, ref["unet_cond_out"][:, :3], atol=2e-2, rtol=2e-2)
+    guided = m.model_fn(condition=ref["y"])(ref["x"], torch.tensor([0.3, 0.8]))
+    assert guided.dtype == torch.float32 and torch.isfinite(guided).all()
