@@ -5,6 +5,7 @@
 #   bash scripts/download_model.sh edm fid-refs      # only some groups
 #   bash scripts/download_model.sh --with-sd         # the defaults plus Stable Diffusion v1.4 / v1.5
 #   bash scripts/download_model.sh sd ddpm           # Hugging Face models only (needs huggingface-cli or hf)
+#   bash scripts/download_model.sh adm ldm           # guided-diffusion ImageNet / CompVis LDM checkpoints (large)
 #   bash scripts/download_model.sh --list            # what goes where (offline)
 #   bash scripts/download_model.sh --dry-run         # what would be done (offline)
 #
@@ -22,6 +23,10 @@
 #        + a link in <torch hub>/checkpoints/ (where torch-fidelity looks)
 #   <cache>/weights/stable-diffusion-v1-{4,5}/  diffusers format (unet vae text_encoder tokenizer scheduler)
 #   <cache>/weights/ddpm-{cifar10-32,bedroom-256,church-256}/   diffusers UNet2DModel + scheduler_config.json
+#   <cache>/weights/{64x64,256x256}_{diffusion,classifier}.pt, 256x256_diffusion_uncond.pt   guided-diffusion
+#        (model=adm_* configs) + <cache>/fid-refs/VIRTUAL_imagenet{64,256}_labeled.npz (ADM reference batches)
+#   <cache>/weights/ldm/{lsun_beds256,lsun_churches256,cin256-v2}/model.ckpt   CompVis LDM (model=ldm_* configs;
+#        the LSUN ones come as .zip archives, extracted in place) + <cache>/fid-refs/VIRTUAL_lsun_bedroom256.npz
 # <torch hub> is $TORCH_HOME/hub (default ${XDG_CACHE_HOME:-~/.cache}/torch/hub), as torch.hub.get_dir().
 #
 # Idempotent: files already present are skipped. A file whose name carries a sha256 prefix (torchvision's
@@ -42,6 +47,8 @@ Groups (default: edm fid-refs lpips inception):
   inception  torch-fidelity's Inception-v3 weights (FID features)
   sd         Stable Diffusion v1.4 and v1.5, diffusers format (huggingface-cli / hf; large, opt-in)
   ddpm       DDPM CIFAR10 / LSUN bedroom / LSUN church UNets, diffusers format (huggingface-cli / hf; opt-in)
+  adm        guided-diffusion ImageNet 64x64 / 256x256 U-Nets and noisy classifiers (+ their FID reference batches)
+  ldm        CompVis LDM LSUN bedroom (VQ-f4), LSUN church (KL-f8), cin256-v2 (+ FID reference batches)
 
 Options:
   --list       print every file, its source and its destination, then exit (no network)
@@ -75,7 +82,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-ALL_GROUPS="edm fid-refs lpips inception sd ddpm"
+ALL_GROUPS="edm fid-refs lpips inception sd ddpm adm ldm"
 if [ ${#GROUPS_SEL[@]} -eq 0 ]; then
     GROUPS_SEL=(edm fid-refs lpips inception)
 fi
@@ -94,6 +101,8 @@ FIDREFS="$CACHE/fid-refs"
 HUBCK="$TORCH_HUB/checkpoints"
 SUMS="$CACHE/SHA256SUMS"
 EDM_URL="https://nvlabs-fi-cdn.nvidia.com/edm"
+ADM_URL="https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
+LDM_URL="https://ommer-lab.com/files/latent-diffusion"
 
 # group|url|destination|known sha256 prefix ("-": unknown)|link to create ("-": none)
 FILES=(
@@ -108,6 +117,21 @@ FILES=(
     "lpips|https://download.pytorch.org/models/vgg16-397923af.pth|$HUBCK/vgg16-397923af.pth|397923af|$WEIGHTS/lpips/vgg16-397923af.pth"
     "lpips|https://download.pytorch.org/models/alexnet-owt-7be5be79.pth|$HUBCK/alexnet-owt-7be5be79.pth|7be5be79|$WEIGHTS/lpips/alexnet-owt-7be5be79.pth"
     "inception|https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth|$WEIGHTS/weights-inception-2015-12-05-6726825d.pth|-|$HUBCK/weights-inception-2015-12-05-6726825d.pth"
+    # guided-diffusion (github openai/guided-diffusion README) and CompVis LDM (github CompVis/latent-diffusion
+    # README / scripts/download_models.sh). No sha256 is published for these files and none could be verified
+    # offline, so none is pinned ("-"): the first download's sha256 is recorded in SHA256SUMS and checked later.
+    "adm|$ADM_URL/64x64_diffusion.pt|$WEIGHTS/64x64_diffusion.pt|-|-"
+    "adm|$ADM_URL/64x64_classifier.pt|$WEIGHTS/64x64_classifier.pt|-|-"
+    "adm|$ADM_URL/256x256_diffusion.pt|$WEIGHTS/256x256_diffusion.pt|-|-"
+    "adm|$ADM_URL/256x256_diffusion_uncond.pt|$WEIGHTS/256x256_diffusion_uncond.pt|-|-"
+    "adm|$ADM_URL/256x256_classifier.pt|$WEIGHTS/256x256_classifier.pt|-|-"
+    "adm|$ADM_URL/ref_batches/imagenet/64/VIRTUAL_imagenet64_labeled.npz|$FIDREFS/VIRTUAL_imagenet64_labeled.npz|-|-"
+    "adm|$ADM_URL/ref_batches/imagenet/256/VIRTUAL_imagenet256_labeled.npz|$FIDREFS/VIRTUAL_imagenet256_labeled.npz|-|-"
+    "ldm|$LDM_URL/lsun_bedrooms.zip|$WEIGHTS/ldm/lsun_beds256/lsun_bedrooms.zip|-|-"
+    "ldm|$LDM_URL/lsun_churches.zip|$WEIGHTS/ldm/lsun_churches256/lsun_churches.zip|-|-"
+    "ldm|$LDM_URL/nitro/cin/model.ckpt|$WEIGHTS/ldm/cin256-v2/model.ckpt|-|-"
+    "ldm|$ADM_URL/ref_batches/lsun/bedroom/VIRTUAL_lsun_bedroom256.npz|$FIDREFS/VIRTUAL_lsun_bedroom256.npz|-|-"
+    "ldm|$ADM_URL/ref_batches/imagenet/256/VIRTUAL_imagenet256_labeled.npz|$FIDREFS/VIRTUAL_imagenet256_labeled.npz|-|-"
 )
 
 # group|Hugging Face repo|destination directory|--include patterns (space separated)
@@ -220,6 +244,20 @@ for row in "${FILES[@]}"; do
         fi
         record_sum "$sum" "$dest"
     fi
+    case "$dest" in
+        *.zip)  # the CompVis LSUN archives hold model.ckpt (and config.yaml): extract next to the archive
+            if [ "$DRY" = 1 ]; then
+                [ -s "$(dirname "$dest")/model.ckpt" ] || echo "would unzip $dest"
+            elif [ -s "$dest" ] && [ ! -s "$(dirname "$dest")/model.ckpt" ]; then
+                if ! command -v unzip >/dev/null 2>&1; then
+                    echo "error: unzip is needed to extract $dest" >&2
+                    FAILED=1
+                elif ! unzip -o -q "$dest" -d "$(dirname "$dest")"; then
+                    echo "error: cannot extract $dest (truncated download? delete it and rerun)" >&2
+                    FAILED=1
+                fi
+            fi ;;
+    esac
     if [ "$link" != "-" ]; then
         if [ "$DRY" = 1 ]; then
             [ -e "$link" ] || echo "would link $link -> $dest"
@@ -250,7 +288,16 @@ for row in "${HF_REPOS[@]}"; do
     fi
     echo "getting   $dest/ <- huggingface.co/$repo ($cli; files already there are skipped)"
     read -r -a patterns <<<"$inc"
-    if ! "$cli" download "$repo" --local-dir "$dest" --include "${patterns[@]}"; then
+    include_args=()
+    if [ "$cli" = hf ]; then
+        # hf (typer): --include takes one pattern per flag; `--include a b c` would keep only a and treat b, c
+        # as file names
+        for pat in "${patterns[@]}"; do include_args+=(--include "$pat"); done
+    else
+        # huggingface-cli (argparse, nargs='*'): one --include with every pattern (a repeated flag keeps the last)
+        include_args=(--include "${patterns[@]}")
+    fi
+    if ! "$cli" download "$repo" --local-dir "$dest" "${include_args[@]}"; then
         echo "error: $cli download $repo failed (gated repos need 'hf auth login' and accepting the license)" >&2
         FAILED=1
     fi

@@ -106,7 +106,21 @@ def load_model(name: str, **options: Any) -> LoadedModel:
     _import_builtin_loaders()
     if name not in _LOADERS:
         raise ValueError(f"unknown model {name!r}; available models: {sorted(_LOADERS)}")
+    _check_options(name, _LOADERS[name], options)
     return _LOADERS[name](**options)
+
+
+def _check_options(name: str, loader: Callable[..., LoadedModel], options: Dict[str, Any]) -> None:
+    """Refuse options the loader does not take (a ValueError naming them), before any work starts."""
+    import inspect
+
+    params = inspect.signature(loader).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    allowed = sorted(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"model {name!r} does not take option(s) {unknown}; allowed options: {allowed}")
 
 
 def _import_builtin_loaders() -> None:

@@ -259,33 +259,108 @@ def _load_sd_components(root: Path, torch_dtype: torch.dtype, variant: str | Non
     }
 
 
+#: key prefix of the CLIP text encoder inside CompVis Stable Diffusion v1 checkpoints (``FrozenCLIPEmbedder``)
+SD_TEXT_PREFIX = "cond_stage_model.transformer."
+
+
+def read_single_file_state(file: Path, what: str = "Stable Diffusion checkpoint",
+                           fetch_hint: str = "sd") -> Dict[str, torch.Tensor]:
+    """The tensors of a CompVis-layout ``.safetensors`` / ``.ckpt`` file, without running code from it.
+
+    ``.ckpt`` files are read with ``torch.load(weights_only=True)``; Lightning training metadata pickled next
+    to the weights is admitted as inert data (:func:`ld3.models.zoo._checkpoint.load_torch_state`). The
+    weights are the (possibly nested) ``state_dict`` entry.
+    """
+    from ld3.models.zoo._checkpoint import CorruptModelError, load_torch_state
+
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(file))
+        except Exception as e:  # noqa: BLE001 - header / length errors of a truncated file
+            raise CorruptModelError(
+                f"cannot read {what} {str(file)!r} as safetensors ({e}); the file may be truncated or corrupted: "
+                f"fetch it again with `bash scripts/download_model.sh {fetch_hint}`"
+            ) from None
+    else:
+        obj = load_torch_state(file, what, fetch_hint, metadata_globals=True)
+    while isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not any(k.startswith("model.diffusion_model.") for k in state):
+        raise CorruptModelError(
+            f"{what} {str(file)!r} has no 'model.diffusion_model.*' weights: not a CompVis-layout checkpoint"
+        )
+    return state
+
+
+def sd_text_encoder_state(state: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The checkpoint's CLIP tensors (``cond_stage_model.transformer.*``) under the names of ``own``.
+
+    Released files name them ``text_model.*`` (transformers 4.x; very old versions had no such level); the
+    installed transformers may or may not use that level. ``position_ids`` (a buffer only some versions
+    save) is taken from ``own`` when the file lacks it and dropped when the model has none.
+    """
+    sub = {k[len(SD_TEXT_PREFIX):]: v for k, v in state.items() if k.startswith(SD_TEXT_PREFIX)}
+    own_level = any(k.startswith("text_model.") for k in own)
+
+    def rename(k: str) -> str:
+        k = k[len("text_model."):] if k.startswith("text_model.") else k
+        return "text_model." + k if own_level else k
+
+    sub = {rename(k): v for k, v in sub.items()}
+    pid = rename("embeddings.position_ids")
+    if pid in own:
+        sub.setdefault(pid, own[pid])
+    else:
+        sub.pop(pid, None)
+    return sub
+
+
+def _load_sd_text_encoder(state: Dict[str, torch.Tensor], cfg: Path, torch_dtype: torch.dtype, file: Path) -> Any:
+    """CLIPTextModel from the diffusers config in ``cfg/text_encoder`` and the checkpoint's CLIP weights."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ld3.models.zoo._checkpoint import load_strict
+
+    if not any(k.startswith(SD_TEXT_PREFIX) for k in state):
+        raise ValueError(f"{str(file)!r} holds no CLIP text encoder weights ({SD_TEXT_PREFIX}*)")
+    model = CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder", local_files_only=True))
+    sub = sd_text_encoder_state(state, model.state_dict())
+    load_strict(model, sub, "CLIP text encoder of", file, "Check options.single_file_config/text_encoder/config.json.")
+    return model.to(torch_dtype)
+
+
 def _load_sd_single_file(file: Path, config_dir: PathLike | None, torch_dtype: torch.dtype) -> Dict[str, Any]:
+    """A CompVis-layout single file: U-Net and VAE through diffusers' own key conversion, CLIP by prefix."""
     if config_dir is None:
         raise ValueError(
             f"loading the single file {str(file)!r} offline needs options.single_file_config: a local directory with "
-            f"the pipeline's diffusers configs (model_index.json, unet/config.json, vae/config.json, text_encoder/"
-            f"config.json, tokenizer/, scheduler/), e.g. a stable-diffusion-v1-5 directory from "
+            f"the pipeline's diffusers configs (unet/config.json, vae/config.json, text_encoder/config.json, "
+            f"tokenizer/, scheduler/scheduler_config.json), e.g. a stable-diffusion-v1-5 directory from "
             f"`bash scripts/download_model.sh sd`"
         )
     cfg = Path(config_dir).expanduser()
-    if not (cfg / "model_index.json").is_file():
-        raise MissingModelError(f"options.single_file_config={str(cfg)!r} has no model_index.json")
-    from diffusers import StableDiffusionPipeline
+    need = ["unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer",
+            "scheduler/scheduler_config.json"]
+    missing = [n for n in need if not (cfg / n).exists()]
+    if missing:
+        raise MissingModelError(
+            f"options.single_file_config={str(cfg)!r} lacks {missing}; fetch the configs with "
+            f"`bash scripts/download_model.sh sd`"
+        )
+    state = read_single_file_state(file)
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTokenizer
 
-    pipe = StableDiffusionPipeline.from_single_file(
-        str(file),
-        config=str(cfg),
-        local_files_only=True,
-        torch_dtype=torch_dtype,
-        safety_checker=None,
-        requires_safety_checker=False,
-    )
+    kw = dict(config=str(cfg), local_files_only=True, torch_dtype=torch_dtype)
     return {
-        "unet": pipe.unet,
-        "vae": pipe.vae,
-        "text_encoder": pipe.text_encoder,
-        "tokenizer": pipe.tokenizer,
-        "scheduler_config": dict(pipe.scheduler.config),
+        "unet": UNet2DConditionModel.from_single_file(state, subfolder="unet", **kw),
+        "vae": AutoencoderKL.from_single_file(state, subfolder="vae", **kw),
+        "text_encoder": _load_sd_text_encoder(state, cfg, torch_dtype, file),
+        "tokenizer": CLIPTokenizer.from_pretrained(cfg / "tokenizer", local_files_only=True),
+        "scheduler_config": _read_json(cfg / "scheduler" / "scheduler_config.json", "scheduler config"),
     }
 
 
@@ -304,6 +379,7 @@ def load_stable_diffusion(
     clamp_decoded: bool = False,
     vae_slicing: bool = False,
     prompt_cache_size: int = 256,
+    sha256: str | None = None,
 ) -> LoadedModel:
     """Load Stable Diffusion as a latent-space :class:`LoadedModel` with text classifier-free guidance.
 
@@ -318,6 +394,7 @@ def load_stable_diffusion(
         single_file_config: for a single-file checkpoint, a local directory with the diffusers configs.
         clamp_decoded: clamp decoded pixels to [-1, 1].
         vae_slicing: decode one image at a time (saves memory at 512x512).
+        sha256: pinned checksum (hex digest or prefix) of a single-file checkpoint, verified before loading.
     """
     if height is not None and width is None or width is not None and height is None:
         raise ValueError(f"give both height and width or neither, got height={height}, width={width}")
@@ -325,8 +402,14 @@ def load_stable_diffusion(
     dev = resolve_device(device)
     src = resolve_weights_path(path, checkpoint, weights_dir, "Stable Diffusion model", "sd")
     if src.is_dir():
+        if sha256 is not None:
+            raise ValueError("options.sha256 applies to a single-file checkpoint, not to a pipeline directory")
         parts = _load_sd_components(src, torch_dtype, variant)
     elif src.suffix in SINGLE_FILE_SUFFIXES:
+        from ld3.models.zoo._checkpoint import check_sha256
+
+        if single_file_config is not None:
+            check_sha256(src, sha256, "Stable Diffusion checkpoint", "sd")
         parts = _load_sd_single_file(src, single_file_config, torch_dtype)
     else:
         raise ValueError(
