@@ -51,7 +51,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from ld3.schedules import NoiseSchedule, NoiseScheduleEDM
+from ld3.schedules import NoiseSchedule
 from ld3.utils.io import atomic_torch_save
 
 log = logging.getLogger("ld3.learner")
@@ -68,7 +68,7 @@ def resolve_time_mode(time_mode: str, noise_schedule: NoiseSchedule) -> str:
         raise ValueError(f"time_mode={time_mode!r} is not supported; allowed: {list(CONFIG_TIME_MODES)}")
     if time_mode != "auto":
         return time_mode
-    return "lambda" if isinstance(noise_schedule, NoiseScheduleEDM) else "time"
+    return noise_schedule.default_time_mode
 WINDOW_FROM = ("steps", "logits")
 
 
@@ -288,9 +288,7 @@ def prior_scale(noise_schedule: NoiseSchedule) -> float:
 
     The LD3 reference's ``prior_transformation`` (VP: identity; EDM: times T).
     """
-    if isinstance(noise_schedule, NoiseScheduleEDM):
-        return float(noise_schedule.T)
-    return 1.0
+    return float(noise_schedule.prior_scale)
 
 
 def checkpointed(model_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

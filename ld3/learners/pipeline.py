@@ -134,9 +134,7 @@ def prior_grid(
     ts = pcfg.get("timesteps")
     if ts is not None:
         t = torch.as_tensor(list(ts), dtype=torch.float64)
-        if pcfg.get("time_unit", "t") == "sigma" and getattr(ns, "kind", "") != "edm":
-            t = ns.inverse_edm_sigma(t)
-        return t
+        return ns.time_from_unit(t, pcfg.get("time_unit", "t"))
     from ld3.discretizations import get_timesteps
 
     kind = pcfg.get("kind", "gits")

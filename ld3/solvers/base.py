@@ -20,10 +20,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Type
 
-import numpy as np
 import torch
 
-from ld3.schedules import RANGE_TOLERANCE, NoiseSchedule
+from ld3.schedules import NoiseSchedule
 
 ModelFn = Callable[..., torch.Tensor]
 Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
@@ -59,30 +58,8 @@ def get_solver(name: str, noise_schedule: NoiseSchedule, **options: Any) -> "Sol
 def validate_timesteps(
     timesteps: Any, noise_schedule: NoiseSchedule, expected_len: Optional[int] = None, name: str = "timesteps"
 ) -> torch.Tensor:
-    """Check a time grid once: 1-D, finite, strictly descending, inside the schedule's range."""
-    if not isinstance(timesteps, torch.Tensor):
-        timesteps = torch.as_tensor(timesteps, dtype=torch.float64)
-    if timesteps.dim() != 1:
-        raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(timesteps.shape)}")
-    if expected_len is not None and timesteps.numel() != expected_len:
-        raise ValueError(f"{name} has length {timesteps.numel()}, this solver needs {expected_len}")
-    if timesteps.numel() < 2:
-        raise ValueError(f"{name} needs at least 2 points, got {timesteps.numel()}")
-    # one device->host copy, then cheap checks on a small numpy array (no further syncs)
-    td = timesteps.detach().to("cpu", torch.float64).numpy()
-    if not np.isfinite(td).all():
-        raise ValueError(f"{name} contains NaN or inf: {td.tolist()}")
-    if not (td[1:] < td[:-1]).all():
-        raise ValueError(f"{name} must be strictly descending (t_max -> t_min), got {td.tolist()}")
-    ns = noise_schedule
-    tol = RANGE_TOLERANCE * max(abs(ns.T), 1.0)
-    if td[-1] < ns.eps - tol or td[0] > ns.T + tol:
-        bad = td[-1] if td[-1] < ns.eps - tol else td[0]
-        raise ValueError(
-            f"{name}={float(bad)!r} is outside the allowed range [eps, T] = [{ns.eps}, {ns.T}] "
-            f"of the {ns.kind} noise schedule"
-        )
-    return timesteps
+    """Check a time grid once (the schedule's one validator, :meth:`ld3.schedules.NoiseSchedule.check_grid`)."""
+    return noise_schedule.check_grid(timesteps, name=name, length=expected_len)
 
 
 class Solver:
