@@ -23,13 +23,12 @@ first-order step adds only O(h^2)), so N steps cost 2N - 1 calls and an NFE must
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
 import torch
 
-from ld3.solvers.base import Callback, ModelFn, Solver, register_solver
+from ld3.solvers.base import ModelFn, Solver, StepHook, register_solver
 from ld3.solvers.common import check_choice, grid_quantities, per_sample, split, threshold_noise
-from ld3.solvers.thresholding import parse_thresholding_options
 
 
 def edm_step_coefficients(noise_schedule, timesteps: torch.Tensor):
@@ -42,10 +41,6 @@ def edm_step_coefficients(noise_schedule, timesteps: torch.Tensor):
 
 class _EDMSolver(Solver):
     """Shared option handling: Imagen thresholding of the implied data prediction."""
-
-    def __init__(self, noise_schedule, **options: Any) -> None:
-        self.thresholding = parse_thresholding_options(options)
-        super().__init__(noise_schedule, **options)
 
     def _eps(self, model_fn, x, t_in, grid, i: int):
         eps = model_fn(x, t_in)
@@ -70,8 +65,7 @@ class Euler(_EDMSolver):
         x: torch.Tensor,
         timesteps: torch.Tensor,
         model_timesteps: torch.Tensor,
-        callback: Callback,
-        traj: Optional[List[torch.Tensor]],
+        step_done: StepHook,
     ) -> torch.Tensor:
         g, ratio, delta = edm_step_coefficients(self.noise_schedule, timesteps)
         r, d = split(ratio, x), split(delta, x)
@@ -79,10 +73,8 @@ class Euler(_EDMSolver):
         for i in range(len(r)):
             eps = self._eps(model_fn, x, t_in[i], g, i)
             x = (r[i] * x).addcmul_(d[i], eps)
-            if traj is not None:
-                traj.append(x)
-            if callback is not None:
-                callback(i + 1, timesteps[i + 1], x)
+            if step_done is not None:
+                step_done(i + 1, x)
         return x
 
 
@@ -128,8 +120,7 @@ class Heun(_EDMSolver):
         x: torch.Tensor,
         timesteps: torch.Tensor,
         model_timesteps: torch.Tensor,
-        callback: Callback,
-        traj: Optional[List[torch.Tensor]],
+        step_done: StepHook,
     ) -> torch.Tensor:
         g, ratio, delta = edm_step_coefficients(self.noise_schedule, timesteps)
         r, d = split(ratio, x), split(delta, x)
@@ -145,10 +136,8 @@ class Heun(_EDMSolver):
                 x = rx.addcmul_(half[i], eps + eps_next)  # rx is not needed by autograd (mul saves inputs)
             else:
                 x = x_euler
-            if traj is not None:
-                traj.append(x)
-            if callback is not None:
-                callback(i + 1, timesteps[i + 1], x)
+            if step_done is not None:
+                step_done(i + 1, x)
         return x
 
     def describe(self) -> dict:

@@ -25,14 +25,13 @@ NFE = steps = ``len(timesteps) - 1``; no evaluation is wasted (the last step reu
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional
+from typing import Any, List
 
 import torch
 
-from ld3.solvers.base import Callback, ModelFn, Solver, register_solver
+from ld3.solvers.base import ModelFn, Solver, StepHook, register_solver
 from ld3.solvers.common import check_int_range, per_sample, split, threshold_noise
 from ld3.solvers.euler import edm_step_coefficients
-from ld3.solvers.thresholding import parse_thresholding_options
 
 #: fixed Adams-Bashforth coefficients for equal steps, newest evaluation first
 AB_COEFFICIENTS = {
@@ -77,7 +76,6 @@ class IPNDM(Solver):
     """
 
     def __init__(self, noise_schedule, order: int = 4, variable_step: bool = False, **options: Any) -> None:
-        self.thresholding = parse_thresholding_options(options)
         super().__init__(noise_schedule, **options)
         self.order = check_int_range("order", order, 1, 4)
         if not isinstance(variable_step, bool):
@@ -112,8 +110,7 @@ class IPNDM(Solver):
         x: torch.Tensor,
         timesteps: torch.Tensor,
         model_timesteps: torch.Tensor,
-        callback: Callback,
-        traj: Optional[List[torch.Tensor]],
+        step_done: StepHook,
     ) -> torch.Tensor:
         g, ratio, delta = edm_step_coefficients(self.noise_schedule, timesteps)
         r = split(ratio, x)
@@ -129,10 +126,8 @@ class IPNDM(Solver):
             for c, e in zip(coeffs[i], buffer, strict=True):
                 x = x.addcmul_(c, e)
             del buffer[self.order - 1 :]
-            if traj is not None:
-                traj.append(x)
-            if callback is not None:
-                callback(i + 1, timesteps[i + 1], x)
+            if step_done is not None:
+                step_done(i + 1, x)
         return x
 
     def describe(self) -> dict:
