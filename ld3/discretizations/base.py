@@ -17,11 +17,10 @@ from typing import Any, Callable, Dict, List, Union
 import torch
 
 from ld3.schedules import NoiseSchedule
+from ld3.utils.plain import json_safe  # noqa: F401  (re-exported for the kinds)
 
 TimeLike = Union[float, torch.Tensor]
 
-#: kinds whose options may hold a whole tensor/array (kept out of ``Discretization.config``)
-_UNSERIALISABLE = (torch.Tensor,)
 
 
 @dataclass
@@ -152,20 +151,3 @@ def check_grid(t: torch.Tensor, ns: NoiseSchedule, num_points: int, what: str) -
     """The result of a kind: 1-D, ``num_points`` long, finite, strictly descending, inside [eps, T]
     (the schedule's one validator, :meth:`ld3.schedules.NoiseSchedule.check_grid`)."""
     return ns.check_grid(t, name=what, length=num_points)
-
-
-def json_safe(options: Dict[str, Any]) -> Dict[str, Any]:
-    """Options as a JSON-serialisable dict (tensors -> lists, callables/objects -> their type name)."""
-    out: Dict[str, Any] = {}
-    for k, v in options.items():
-        if isinstance(v, _UNSERIALISABLE):
-            out[k] = v.detach().cpu().tolist() if v.numel() <= 64 else f"<tensor {tuple(v.shape)}>"
-        elif isinstance(v, (str, int, float, bool)) or v is None:
-            out[k] = v
-        elif isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float, bool)) for x in v):
-            out[k] = list(v)
-        elif isinstance(v, dict):
-            out[k] = json_safe(v)
-        else:
-            out[k] = f"<{type(v).__name__}>"
-    return out

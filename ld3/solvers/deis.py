@@ -128,11 +128,6 @@ class DEIS(Solver):
             out.append(ws)
         return out
 
-    def coefficient_plan(self, timesteps: torch.Tensor) -> list:
-        """plan[j - 1] = (j - 1, c, [(l, C)]) with x_j = c x_{j-1} + sum C eps_l."""
-        g = grid_quantities(self.noise_schedule, timesteps)
-        return self._plan(g)
-
     def _plan(self, g: Grid) -> list:
         n_steps = g.t.shape[0] - 1
         h = g.lam[1:] - g.lam[:-1]

@@ -193,9 +193,8 @@ class DPMSolverPP(Solver):
             a += k
         return plan
 
-    def coefficient_plan(self, timesteps: torch.Tensor) -> list:
+    def _plan(self, g: Grid) -> list:
         """plan[j - 1] = (b, c, [(l, W)]) with x_j = c x_b + sum W m_l (m: data predictions)."""
-        g = grid_quantities(self.noise_schedule, timesteps)
         return self._singlestep_plan(g) if self.method == "singlestep" else self._multistep_plan(g)
 
     # ------------------------------------------------------------------ sampling
@@ -208,7 +207,7 @@ class DPMSolverPP(Solver):
         step_done: StepHook,
     ) -> torch.Tensor:
         g = grid_quantities(self.noise_schedule, timesteps)
-        plan = self._singlestep_plan(g) if self.method == "singlestep" else self._multistep_plan(g)
+        plan = self._plan(g)
         inv_alpha = (1.0 / g.alpha).unbind(0)
         neg_edm = (-g.edm).unbind(0)
         t_in = per_sample(model_timesteps, x.shape[0])
