@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 Tensorish = Union[torch.Tensor, float, Sequence[float]]
@@ -48,18 +49,32 @@ def _as_tensor(t: Tensorish) -> torch.Tensor:
     return torch.as_tensor(t, dtype=torch.float64)
 
 
-def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear interpolation of (xp, fp) at x, linear extrapolation beyond the ends.
+class _InterpTable:
+    """Piecewise-linear interpolation of (xp, fp), linear extrapolation beyond the ends; xp increasing.
 
-    xp must be increasing. Differentiable with respect to x (the slope of the segment).
+    The tables and their segment differences are cached per (device, dtype) of the query, so a call is
+    one searchsorted and four ``index_select`` (half the cost of recomputing them: it matters for
+    sampling at batch 1). The result is bitwise f0 + (x - x0) (f1 - f0) / (x1 - x0), differentiable in x.
     """
-    xp = xp.to(device=x.device, dtype=x.dtype)
-    fp = fp.to(device=x.device, dtype=x.dtype)
-    idx = torch.searchsorted(xp, x.detach().contiguous()) - 1
-    idx = idx.clamp(0, xp.numel() - 2)
-    x0, x1 = xp[idx], xp[idx + 1]
-    f0, f1 = fp[idx], fp[idx + 1]
-    return f0 + (x - x0) * (f1 - f0) / (x1 - x0)
+
+    def __init__(self, xp: torch.Tensor, fp: torch.Tensor) -> None:
+        self.xp, self.fp = xp, fp
+        self._cache: dict = {}
+
+    def _tables(self, device: torch.device, dtype: torch.dtype) -> tuple:
+        key = (device, dtype)
+        if key not in self._cache:
+            xp = self.xp.to(device=device, dtype=dtype)
+            fp = self.fp.to(device=device, dtype=dtype)
+            self._cache[key] = (xp, fp, xp[1:] - xp[:-1], fp[1:] - fp[:-1])
+        return self._cache[key]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        xp, fp, dxp, dfp = self._tables(x.device, x.dtype)
+        idx = (torch.searchsorted(xp, x.detach().contiguous()) - 1).clamp_(0, xp.numel() - 2)
+        return fp.index_select(0, idx) + (x - xp.index_select(0, idx)) * dfp.index_select(0, idx) / dxp.index_select(
+            0, idx
+        )
 
 
 class NoiseSchedule:
@@ -118,9 +133,10 @@ class NoiseSchedule:
             raise ValueError(f"{name} has {n} points, {length} needed")
         if n < 2:
             raise ValueError(f"{name} needs at least 2 points, got {n}")
-        # one device->host copy, then cheap checks on a small float64 CPU tensor (no further syncs)
-        td = timesteps.detach().to("cpu", torch.float64)
-        if not torch.isfinite(td).all():
+        # one device->host copy, then cheap checks on a small numpy array (no further syncs; numpy's
+        # per-call cost is a third of torch's on such tiny arrays, which matters for sampling at batch 1)
+        td = timesteps.detach().to("cpu", torch.float64).numpy()
+        if not np.isfinite(td).all():
             raise ValueError(f"{name} contains NaN or inf: {td.tolist()}")
         if not (td[1:] < td[:-1]).all():
             raise ValueError(f"{name} must be strictly descending (t_max -> t_min), got {td.tolist()}")
@@ -280,8 +296,8 @@ class NoiseScheduleVP(NoiseSchedule):
             self.t_array = torch.linspace(0.0, 1.0, self.total_N + 1, dtype=torch.float64)[1:].to(dtype)
             self.log_alpha_array = log_alphas.to(dtype)
             # lambda decreases in t; keep an increasing copy for inverse interpolation
-            self._log_alpha_increasing = torch.flip(self.log_alpha_array, [0])
-            self._t_increasing = torch.flip(self.t_array, [0])
+            self._log_alpha_of_t = _InterpTable(self.t_array, self.log_alpha_array)
+            self._t_of_log_alpha = _InterpTable(torch.flip(self.log_alpha_array, [0]), torch.flip(self.t_array, [0]))
         elif schedule == "linear":
             if not (0 <= continuous_beta_0 < continuous_beta_1):
                 raise ValueError(
@@ -311,7 +327,7 @@ class NoiseScheduleVP(NoiseSchedule):
     def marginal_log_mean_coeff(self, t: Tensorish, check: bool = True) -> torch.Tensor:
         t = self.check_t(t) if check else _as_tensor(t)
         if self.schedule == "discrete":
-            return _interp(t.reshape(-1), self.t_array, self.log_alpha_array).reshape(t.shape)
+            return self._log_alpha_of_t(t.reshape(-1)).reshape(t.shape)
         if self.schedule == "linear":
             return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
         angle = (t + self.cosine_s) / (1.0 + self.cosine_s) * math.pi / 2.0
@@ -354,7 +370,7 @@ class NoiseScheduleVP(NoiseSchedule):
         log_alpha = -0.5 * torch.logaddexp(torch.zeros_like(lamb), -2.0 * lamb)
         if self.schedule == "discrete":
             flat = log_alpha.reshape(-1)
-            return _interp(flat, self._log_alpha_increasing, self._t_increasing).reshape(lamb.shape)
+            return self._t_of_log_alpha(flat).reshape(lamb.shape)
         if self.schedule == "linear":
             tmp = 2.0 * (self.beta_1 - self.beta_0) * torch.logaddexp(-2.0 * lamb, torch.zeros_like(lamb))
             delta = self.beta_0**2 + tmp

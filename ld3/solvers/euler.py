@@ -42,11 +42,8 @@ def edm_step_coefficients(noise_schedule, timesteps: torch.Tensor):
 class _EDMSolver(Solver):
     """Shared option handling: Imagen thresholding of the implied data prediction."""
 
-    def _eps(self, model_fn, x, t_in, grid, i: int):
-        eps = model_fn(x, t_in)
-        if self.thresholding.thresholding:
-            eps = threshold_noise(eps, x, grid.alpha[i], grid.sigma[i], self.thresholding)
-        return eps
+    def _thresholded(self, eps: torch.Tensor, x: torch.Tensor, grid, i: int) -> torch.Tensor:
+        return threshold_noise(eps, x, grid.alpha[i], grid.sigma[i], self.thresholding)
 
     def describe(self) -> dict:
         return {"name": self.name, **self.thresholding.describe()}
@@ -70,8 +67,11 @@ class Euler(_EDMSolver):
         g, ratio, delta = edm_step_coefficients(self.noise_schedule, timesteps)
         r, d = split(ratio, x), split(delta, x)
         t_in = per_sample(model_timesteps, x.shape[0])
+        thr = self.thresholding.thresholding  # hoisted: the loop runs once per network call
         for i in range(len(r)):
-            eps = self._eps(model_fn, x, t_in[i], g, i)
+            eps = model_fn(x, t_in[i])
+            if thr:
+                eps = self._thresholded(eps, x, g, i)
             x = (r[i] * x).addcmul_(d[i], eps)
             if step_done is not None:
                 step_done(i + 1, x)
@@ -123,16 +123,22 @@ class Heun(_EDMSolver):
         step_done: StepHook,
     ) -> torch.Tensor:
         g, ratio, delta = edm_step_coefficients(self.noise_schedule, timesteps)
-        r, d = split(ratio, x), split(delta, x)
-        half = split(0.5 * delta, x)
+        n = ratio.numel()
+        flat = split(torch.cat([ratio, delta, 0.5 * delta]), x)  # one dtype cast + unbind instead of three
+        r, d, half = flat[:n], flat[n : 2 * n], flat[2 * n :]
         t_in = per_sample(model_timesteps, x.shape[0])
+        thr = self.thresholding.thresholding  # hoisted: the loop runs once per network call
         n = len(r)
         for i in range(n):
-            eps = self._eps(model_fn, x, t_in[i], g, i)
+            eps = model_fn(x, t_in[i])
+            if thr:
+                eps = self._thresholded(eps, x, g, i)
             rx = r[i] * x
             x_euler = torch.addcmul(rx, d[i], eps)
             if i < n - 1 or self.final_step == "heun":
-                eps_next = self._eps(model_fn, x_euler, t_in[i + 1], g, i + 1)
+                eps_next = model_fn(x_euler, t_in[i + 1])
+                if thr:
+                    eps_next = self._thresholded(eps_next, x_euler, g, i + 1)
                 x = rx.addcmul_(half[i], eps + eps_next)  # rx is not needed by autograd (mul saves inputs)
             else:
                 x = x_euler

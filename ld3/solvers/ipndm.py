@@ -24,8 +24,9 @@ NFE = steps = ``len(timesteps) - 1``; no evaluation is wasted (the last step reu
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import torch
 
@@ -65,6 +66,15 @@ def variable_step_ab_coefficients(nodes: List[torch.Tensor], s_next: torch.Tenso
     return coeffs
 
 
+@functools.lru_cache(maxsize=64)
+def _ab_table(n: int, order: int) -> Tuple[torch.Tensor, Tuple[int, ...]]:
+    """Fixed-step Adams-Bashforth weights of n steps with warm-up (row i: order min(order, i + 1)),
+    zero-padded to ``order`` columns (float64, CPU; cached: building it is most of the per-call cost)."""
+    rows = [list(AB_COEFFICIENTS[min(order, i + 1)]) for i in range(n)]
+    table = torch.tensor([r + [0.0] * (order - len(r)) for r in rows], dtype=torch.float64)
+    return table, tuple(len(r) for r in rows)
+
+
 @register_solver("ipndm")
 class IPNDM(Solver):
     """iPNDM (fixed-coefficient Adams-Bashforth in sigma~ on the noise prediction).
@@ -99,10 +109,9 @@ class IPNDM(Solver):
         n = delta.numel()
         if self.variable_step:
             return [split(torch.stack([delta[i] * w for w in ws]), like) for i, ws in enumerate(self.step_weights(edm))]
-        rows = [list(AB_COEFFICIENTS[min(self.order, i + 1)]) for i in range(n)]
-        table = torch.tensor([r + [0.0] * (self.order - len(r)) for r in rows], dtype=delta.dtype, device=delta.device)
-        flat = split((delta[:, None] * table).reshape(-1), like)
-        return [flat[i * self.order : i * self.order + len(rows[i])] for i in range(n)]
+        table, lengths = _ab_table(n, self.order)
+        flat = split((delta[:, None] * table.to(dtype=delta.dtype, device=delta.device)).reshape(-1), like)
+        return [flat[i * self.order : i * self.order + lengths[i]] for i in range(n)]
 
     def _sample(
         self,
@@ -116,10 +125,11 @@ class IPNDM(Solver):
         r = split(ratio, x)
         coeffs = self._step_coefficients(g.edm, delta, x)
         t_in = per_sample(model_timesteps, x.shape[0])
+        thr = self.thresholding.thresholding  # hoisted: the loop runs once per network call
         buffer: List[torch.Tensor] = []  # newest first, at most order - 1 past evaluations kept
         for i in range(len(r)):
             eps = model_fn(x, t_in[i])
-            if self.thresholding.thresholding:
+            if thr:
                 eps = threshold_noise(eps, x, g.alpha[i], g.sigma[i], self.thresholding)
             buffer.insert(0, eps)
             x = r[i] * x
