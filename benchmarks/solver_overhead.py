@@ -30,17 +30,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import torch
 
-from ld3.discretizations import get_timesteps
-from ld3.schedules import NoiseScheduleVP, ddpm_linear_betas
-from ld3.solvers import get_solver
-from ld3.utils import resolve_device
-from ld3.utils.io import atomic_write_text
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure this checkout's ld3, not an installed one
+
+from ld3.discretizations import get_timesteps  # noqa: E402
+from ld3.schedules import NoiseScheduleVP, ddpm_linear_betas  # noqa: E402
+from ld3.solvers import get_solver  # noqa: E402
+from ld3.utils import resolve_device  # noqa: E402
+from ld3.utils.io import atomic_write_text  # noqa: E402
 
 PAIRS = (
     ("ddim", {}, "DDIMScheduler", {}),

@@ -14,6 +14,14 @@ inverse. Two families are supported:
 Every schedule also maps t to the EDM noise level sigma~ = sigma_t / alpha_t = exp(-lambda_t) and
 back, so EDM-style discretizations can be used on any model.
 
+Conventions: each schedule class owns every fact that depends on its family, so a new family
+(rectified flow, say) is one subclass of :class:`NoiseSchedule` and no other module changes:
+``prior_scale`` (x_T = prior_scale * z), ``model_time_input`` / ``inverse_model_time_input`` (the time the
+network was trained with), ``default_time_mode`` (LD3's ``time_mode: auto``), ``t_min`` / ``t_max`` (the
+grid endpoints eps and T), ``time_unit`` and ``time_from_unit`` (grids stored in t or in the EDM sigma),
+``discrete_steps`` (N of a discrete-time model) and :meth:`NoiseSchedule.check_grid`, the one validator of
+a time grid used by solvers, discretizations and learners. No module outside this one compares ``kind``.
+
 Validation: the public methods check that t lies in [eps, T] (with a small tolerance) and raise a
 ``ValueError`` naming the offending value. The check needs one host sync; code that evaluates a
 schedule inside a hot loop passes ``check=False`` after validating its time grid once.
@@ -24,12 +32,15 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 Tensorish = Union[torch.Tensor, float, Sequence[float]]
 
 #: relative slack allowed when checking that a time lies in [eps, T]
 RANGE_TOLERANCE = 1e-6
+#: units a stored time grid may be in: the schedule's own t, or the EDM noise level sigma / alpha
+TIME_UNITS = ("t", "sigma")
 
 
 def _as_tensor(t: Tensorish) -> torch.Tensor:
@@ -38,18 +49,32 @@ def _as_tensor(t: Tensorish) -> torch.Tensor:
     return torch.as_tensor(t, dtype=torch.float64)
 
 
-def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear interpolation of (xp, fp) at x, linear extrapolation beyond the ends.
+class _InterpTable:
+    """Piecewise-linear interpolation of (xp, fp), linear extrapolation beyond the ends; xp increasing.
 
-    xp must be increasing. Differentiable with respect to x (the slope of the segment).
+    The tables and their segment differences are cached per (device, dtype) of the query, so a call is
+    one searchsorted and four ``index_select`` (half the cost of recomputing them: it matters for
+    sampling at batch 1). The result is bitwise f0 + (x - x0) (f1 - f0) / (x1 - x0), differentiable in x.
     """
-    xp = xp.to(device=x.device, dtype=x.dtype)
-    fp = fp.to(device=x.device, dtype=x.dtype)
-    idx = torch.searchsorted(xp, x.detach().contiguous()) - 1
-    idx = idx.clamp(0, xp.numel() - 2)
-    x0, x1 = xp[idx], xp[idx + 1]
-    f0, f1 = fp[idx], fp[idx + 1]
-    return f0 + (x - x0) * (f1 - f0) / (x1 - x0)
+
+    def __init__(self, xp: torch.Tensor, fp: torch.Tensor) -> None:
+        self.xp, self.fp = xp, fp
+        self._cache: dict = {}
+
+    def _tables(self, device: torch.device, dtype: torch.dtype) -> tuple:
+        key = (device, dtype)
+        if key not in self._cache:
+            xp = self.xp.to(device=device, dtype=dtype)
+            fp = self.fp.to(device=device, dtype=dtype)
+            self._cache[key] = (xp, fp, xp[1:] - xp[:-1], fp[1:] - fp[:-1])
+        return self._cache[key]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        xp, fp, dxp, dfp = self._tables(x.device, x.dtype)
+        idx = (torch.searchsorted(xp, x.detach().contiguous()) - 1).clamp_(0, xp.numel() - 2)
+        return fp.index_select(0, idx) + (x - xp.index_select(0, idx)) * dfp.index_select(0, idx) / dxp.index_select(
+            0, idx
+        )
 
 
 class NoiseSchedule:
@@ -69,21 +94,95 @@ class NoiseSchedule:
     def t_max(self) -> float:
         return self.T
 
-    def check_t(self, t: Tensorish, name: str = "t") -> torch.Tensor:
-        """Return ``t`` as a tensor after checking it is finite and inside [eps, T]."""
-        t = _as_tensor(t)
-        td = t.detach()
-        if not torch.isfinite(td).all():
-            raise ValueError(f"{name} contains non-finite values: {td.flatten()[:8].tolist()}")
+    def _check_range(self, lo: float, hi: float, name: str) -> None:
+        """Raise unless [lo, hi] lies inside [eps, T] (up to :data:`RANGE_TOLERANCE`)."""
         tol = RANGE_TOLERANCE * max(abs(self.T), 1.0)
-        lo, hi = td.min().item() if td.numel() else self.eps, td.max().item() if td.numel() else self.T
         if lo < self.eps - tol or hi > self.T + tol:
             bad = lo if lo < self.eps - tol else hi
             raise ValueError(
                 f"{name}={bad!r} is outside the allowed range [eps, T] = [{self.eps}, {self.T}] "
                 f"of the {self.kind} noise schedule"
             )
+
+    def check_t(self, t: Tensorish, name: str = "t") -> torch.Tensor:
+        """Return ``t`` as a tensor after checking it is finite and inside [eps, T]."""
+        t = _as_tensor(t)
+        td = t.detach()
+        if not torch.isfinite(td).all():
+            raise ValueError(f"{name} contains non-finite values: {td.flatten()[:8].tolist()}")
+        lo, hi = td.min().item() if td.numel() else self.eps, td.max().item() if td.numel() else self.T
+        self._check_range(lo, hi, name)
         return t
+
+    def check_grid(self, timesteps: Tensorish, name: str = "timesteps", length: Optional[int] = None) -> torch.Tensor:
+        """The one validator of a time grid: 1-D, at least 2 points (exactly ``length`` if given), finite,
+        strictly descending (t_max -> t_min) and inside [eps, T].
+
+        Returns ``timesteps`` itself (a sequence becomes a float64 tensor), so autograd history, dtype and
+        device are kept. Costs one device -> host copy; callers validate once, outside any step loop.
+        """
+        if not isinstance(timesteps, torch.Tensor):
+            try:
+                timesteps = torch.as_tensor(timesteps, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise ValueError(f"{name} must be a 1-D sequence of numbers, got {timesteps!r}") from e
+        if timesteps.dim() != 1:
+            raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(timesteps.shape)}")
+        n = timesteps.numel()
+        if length is not None and n != length:
+            raise ValueError(f"{name} has {n} points, {length} needed")
+        if n < 2:
+            raise ValueError(f"{name} needs at least 2 points, got {n}")
+        # one device->host copy, then cheap checks on a small numpy array (no further syncs; numpy's
+        # per-call cost is a third of torch's on such tiny arrays, which matters for sampling at batch 1)
+        td = timesteps.detach().to("cpu", torch.float64).numpy()
+        if not np.isfinite(td).all():
+            raise ValueError(f"{name} contains NaN or inf: {td.tolist()}")
+        if not (td[1:] < td[:-1]).all():
+            raise ValueError(f"{name} must be strictly descending (t_max -> t_min), got {td.tolist()}")
+        self._check_range(float(td[-1]), float(td[0]), name)
+        return timesteps
+
+    # ----------------------------------------------------------------- conventions
+    #: unit of this schedule's own time as written in discretization files: ``"t"``, or ``"sigma"`` when t
+    #: *is* the EDM noise level sigma / alpha (then a grid stored in sigma needs no conversion)
+    time_unit: str = "t"
+    #: LD3's parameterization of the grid when the config says ``time_mode: auto`` (``"lambda"`` or ``"time"``)
+    default_time_mode: str = "time"
+
+    @property
+    def prior_scale(self) -> float:
+        """x_T = prior_scale * z for a unit-normal latent z (the teacher data / LD3 convention).
+
+        1 by default: the marginal at T is close to unit normal (VP: sigma_T ~ 1, DPM-Solver / LD3).
+        """
+        return 1.0
+
+    @property
+    def discrete_steps(self) -> Optional[int]:
+        """N for a model trained on N discrete steps (step k at time (k + 1) / N), None for continuous time."""
+        return None
+
+    def model_time_input(self, t: torch.Tensor) -> torch.Tensor:
+        """Continuous time -> the time the network was trained with (``t`` itself by default)."""
+        return t
+
+    def inverse_model_time_input(self, t_input: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`model_time_input`."""
+        return t_input
+
+    def time_from_unit(self, values: torch.Tensor, unit: str) -> torch.Tensor:
+        """Times stored in ``unit`` (``"t"`` or ``"sigma"``, the EDM noise level) -> this schedule's t."""
+        if unit not in TIME_UNITS:
+            raise ValueError(f"time_unit={unit!r} is not supported; allowed: {list(TIME_UNITS)}")
+        values = _as_tensor(values)
+        if unit == "t" or unit == self.time_unit:
+            return values.clone()
+        return self.inverse_edm_sigma(values)
+
+    def marginal_log_alpha_and_std(self, t: Tensorish, check: bool = True):
+        """(log alpha_t, sigma_t) in one call (subclasses may share work between the two)."""
+        return self.marginal_log_mean_coeff(t, check=check), self.marginal_std(t, check=check)
 
     # ----------------------------------------------------------------- marginals
     def marginal_log_mean_coeff(self, t: Tensorish, check: bool = True) -> torch.Tensor:
@@ -197,8 +296,8 @@ class NoiseScheduleVP(NoiseSchedule):
             self.t_array = torch.linspace(0.0, 1.0, self.total_N + 1, dtype=torch.float64)[1:].to(dtype)
             self.log_alpha_array = log_alphas.to(dtype)
             # lambda decreases in t; keep an increasing copy for inverse interpolation
-            self._log_alpha_increasing = torch.flip(self.log_alpha_array, [0])
-            self._t_increasing = torch.flip(self.t_array, [0])
+            self._log_alpha_of_t = _InterpTable(self.t_array, self.log_alpha_array)
+            self._t_of_log_alpha = _InterpTable(torch.flip(self.log_alpha_array, [0]), torch.flip(self.t_array, [0]))
         elif schedule == "linear":
             if not (0 <= continuous_beta_0 < continuous_beta_1):
                 raise ValueError(
@@ -228,7 +327,7 @@ class NoiseScheduleVP(NoiseSchedule):
     def marginal_log_mean_coeff(self, t: Tensorish, check: bool = True) -> torch.Tensor:
         t = self.check_t(t) if check else _as_tensor(t)
         if self.schedule == "discrete":
-            return _interp(t.reshape(-1), self.t_array, self.log_alpha_array).reshape(t.shape)
+            return self._log_alpha_of_t(t.reshape(-1)).reshape(t.shape)
         if self.schedule == "linear":
             return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
         angle = (t + self.cosine_s) / (1.0 + self.cosine_s) * math.pi / 2.0
@@ -238,6 +337,27 @@ class NoiseScheduleVP(NoiseSchedule):
         log_alpha = self.marginal_log_mean_coeff(t, check=check)
         # sigma = sqrt(1 - alpha^2), computed stably as sqrt(-expm1(2 log alpha))
         return torch.sqrt(-torch.expm1(2.0 * log_alpha))
+
+    def marginal_log_alpha_and_std(self, t: Tensorish, check: bool = True):
+        # variance preserving: sigma follows from log alpha (saves a second interpolation)
+        log_alpha = self.marginal_log_mean_coeff(t, check=check)
+        return log_alpha, torch.sqrt(-torch.expm1(2.0 * log_alpha))
+
+    @property
+    def discrete_steps(self) -> Optional[int]:
+        return self.total_N if self.schedule == "discrete" else None
+
+    def model_time_input(self, t: torch.Tensor) -> torch.Tensor:
+        """Discrete models were trained on integer steps k = 0..N-1 with t_k = (k + 1) / N, so the network
+        gets (t - 1/N) * 1000 (DPM-Solver's convention, exact for N = 1000). Continuous VP models get t."""
+        if self.schedule == "discrete":
+            return (t - 1.0 / self.total_N) * 1000.0
+        return t
+
+    def inverse_model_time_input(self, t_input: torch.Tensor) -> torch.Tensor:
+        if self.schedule == "discrete":
+            return t_input / 1000.0 + 1.0 / self.total_N
+        return t_input
 
     def marginal_lambda(self, t: Tensorish, check: bool = True) -> torch.Tensor:
         log_alpha = self.marginal_log_mean_coeff(t, check=check)
@@ -250,7 +370,7 @@ class NoiseScheduleVP(NoiseSchedule):
         log_alpha = -0.5 * torch.logaddexp(torch.zeros_like(lamb), -2.0 * lamb)
         if self.schedule == "discrete":
             flat = log_alpha.reshape(-1)
-            return _interp(flat, self._log_alpha_increasing, self._t_increasing).reshape(lamb.shape)
+            return self._t_of_log_alpha(flat).reshape(lamb.shape)
         if self.schedule == "linear":
             tmp = 2.0 * (self.beta_1 - self.beta_0) * torch.logaddexp(-2.0 * lamb, torch.zeros_like(lamb))
             delta = self.beta_0**2 + tmp
@@ -276,6 +396,13 @@ class NoiseScheduleEDM(NoiseSchedule):
     """
 
     kind = "edm"
+    time_unit = "sigma"  # t is sigma
+    default_time_mode = "lambda"  # the LD3 reference's choice for its EDM models (CIFAR-10, FFHQ, AFHQv2)
+
+    @property
+    def prior_scale(self) -> float:
+        """x_T = sigma_max z (alpha = 1), as the EDM sampler and the LD3 reference's ``prior_transformation``."""
+        return float(self.T)
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
         if not (0 < sigma_min < sigma_max):
@@ -309,8 +436,14 @@ class NoiseScheduleEDM(NoiseSchedule):
         return {"kind": self.kind, "T": self.T, "eps": self.eps}
 
 
+def _vp_discrete(**kw) -> NoiseScheduleVP:
+    if kw.get("betas") is None and kw.get("alphas_cumprod") is None:
+        kw["betas"] = ddpm_linear_betas()
+    return NoiseScheduleVP("discrete", **kw)
+
+
 SCHEDULE_REGISTRY = {
-    "vp_discrete": lambda **kw: NoiseScheduleVP("discrete", **kw),
+    "vp_discrete": _vp_discrete,
     "vp_linear": lambda **kw: NoiseScheduleVP("linear", **kw),
     "vp_cosine": lambda **kw: NoiseScheduleVP("cosine", **kw),
     "edm": lambda **kw: NoiseScheduleEDM(**kw),
@@ -318,7 +451,10 @@ SCHEDULE_REGISTRY = {
 
 
 def make_schedule(kind: str, **options) -> NoiseSchedule:
-    """Build a schedule by registry name (``vp_discrete``, ``vp_linear``, ``vp_cosine``, ``edm``)."""
+    """Build a schedule by registry name (``vp_discrete``, ``vp_linear``, ``vp_cosine``, ``edm``).
+
+    ``vp_discrete`` without ``betas`` / ``alphas_cumprod`` uses the DDPM linear betas (1000 steps).
+    """
     if kind not in SCHEDULE_REGISTRY:
         raise ValueError(f"unknown noise schedule {kind!r}; allowed: {sorted(SCHEDULE_REGISTRY)}")
     return SCHEDULE_REGISTRY[kind](**options)

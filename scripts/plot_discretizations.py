@@ -27,7 +27,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ld3.discretizations import get_discretization, load  # noqa: E402
-from ld3.schedules import NoiseSchedule, ddpm_linear_betas, make_schedule  # noqa: E402
+from ld3.schedules import NoiseSchedule, make_schedule  # noqa: E402
 
 
 def parse_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
@@ -51,12 +51,9 @@ def schedule_from_args(args) -> Tuple[NoiseSchedule, Any]:
         model = load_model(args.model, **opts)
         return model.noise_schedule, model
     opts: Dict[str, Any] = {}
-    if args.schedule == "vp_discrete":
-        if args.sd_betas:  # Stable Diffusion's scaled-linear betas
-            opts["betas"] = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-        else:
-            opts["betas"] = ddpm_linear_betas()
-    elif args.schedule == "edm" and args.sigma_max is not None:
+    if args.sd_betas:  # Stable Diffusion's scaled-linear betas (vp_discrete; its default is DDPM's linear betas)
+        opts["betas"] = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    if args.sigma_max is not None:  # edm
         opts["sigma_max"] = args.sigma_max
     return make_schedule(args.schedule, **opts), None
 
@@ -77,9 +74,8 @@ def collect(args, ns: NoiseSchedule, model) -> List[Tuple[str, torch.Tensor, tor
         out.append((spec, d.timesteps, d.timesteps if d.model_timesteps is None else d.model_timesteps))
     for path in args.file:
         d = load(path)
-        to_t = (lambda v: v) if d.time_unit == "t" or ns.kind == "edm" else ns.inverse_edm_sigma
-        ts = to_t(d.timesteps)
-        mts = ts if d.model_timesteps is None else to_t(d.model_timesteps)
+        ts = ns.time_from_unit(d.timesteps, d.time_unit)
+        mts = ts if d.model_timesteps is None else ns.time_from_unit(d.model_timesteps, d.time_unit)
         out.append((Path(path).name, ts, mts))
     return out
 

@@ -265,3 +265,34 @@ def test_training_script_rejects_bad_args():
         mod.parse_args(["--p-uncond", "1.5"])
     with pytest.raises(ValueError, match="iters"):
         mod.parse_args(["--iters", "0"])
+
+
+# ----------------------------------------------------------------------------- sampling
+def test_sampling_gives_the_requested_digits_and_converges(model):
+    """Samples are judged by networks independent of the denoiser: the clean-image classifier must
+    recognise the requested class (model card: ~100% at CFG 2.0, 94.5% with classifier guidance), and
+    DPM-Solver++ on the logSNR grid must converge to a 60-step reference of the same latents (measured:
+    relative error 0.12, 0.036, 0.008 at NFE 5, 10, 20)."""
+    from ld3.discretizations import get_timesteps
+    from ld3.solvers import get_solver
+
+    ns = model.noise_schedule
+    y = torch.arange(40) % 10
+    null = torch.full_like(y, model.null_class)
+    x_T = torch.randn(40, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    solver = get_solver("dpm_solver++", ns, order=2)
+
+    def sample(guidance: str, nfe: int) -> torch.Tensor:
+        fn = model.model_fn(guidance, condition=y, unconditional_condition=null)
+        with torch.no_grad():
+            return solver.sample(fn, x_T, get_timesteps("logSNR", ns, nfe, solver=solver).float())
+
+    def accuracy(x: torch.Tensor) -> float:
+        with torch.no_grad():
+            return (model.feature_fn.logits(x.clamp(-1, 1)).argmax(-1) == y).float().mean().item()
+
+    ref = sample("classifier-free", 60)
+    assert accuracy(ref) >= 0.9
+    err = {n: ((sample("classifier-free", n) - ref).norm() / ref.norm()).item() for n in (5, 10, 20)}
+    assert err[10] < 0.08 and err[10] < 0.5 * err[5] and err[20] < 0.5 * err[10], err
+    assert accuracy(sample("classifier", 10)) >= 0.75

@@ -174,12 +174,9 @@ def test_time_mode_auto_follows_reference_configs(gmm):
 
 
 def test_prior_scale_matches_teacher_data_convention():
+    from ld3.data.latents import prior_scale as data_prior_scale
     from ld3.models.zoo import load_model as lm
 
-    try:
-        from ld3.data.latents import prior_scale as data_prior_scale
-    except ImportError:
-        pytest.skip("ld3.data not available")
     edm = NoiseScheduleEDM()
     vp = lm("analytic_gmm").noise_schedule
     assert prior_scale(edm) == data_prior_scale(edm) == 80.0
@@ -576,8 +573,7 @@ def test_main_help():
 
 @pytest.mark.slow
 def test_main_end_to_end_on_analytic_model(tmp_path):
-    if not (REPO / "configs" / "model" / "analytic_gmm.yaml").is_file():
-        pytest.skip("configs/model/analytic_gmm.yaml not present")
+    assert (REPO / "configs" / "model" / "analytic_gmm.yaml").is_file()
     args = [
         sys.executable, "main.py", "model=analytic_gmm", "solver=ddim", "steps=3", "device=cpu",
         "learner.num_train=6", "learner.num_valid=6", "learner.num_test=6", "learner.main_train_batch_size=3",

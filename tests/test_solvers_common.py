@@ -274,6 +274,11 @@ def test_no_hidden_state_and_any_shape(case, problem):
     assert torch.isfinite(a).all()
 
 
+#: solvers whose every step starts with a network call at (x_i, t_i); the others evaluate elsewhere
+#: (uni_pc: at the predictor, reused by the corrector; pfdiff: springboards and midpoints)
+CALLS_AT_GRID_POINTS = ("ddim", "euler", "heun", "ipndm", "dpm_solver++", "deis")
+
+
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_trajectory_and_callback(case, problem):
     ns, gmm = problem
@@ -282,15 +287,24 @@ def test_trajectory_and_callback(case, problem):
     ts = logsnr_grid(ns, n, ns.T, ns.eps)
     x = x_T_for(ns, 2, gmm.D)
     seen = []
-    out, traj = solver.sample(
-        gmm.eps, x, ts, return_trajectory=True, callback=lambda i, t, x_: seen.append((i, float(t), x_))
-    )
+    out, traj = solver.sample(gmm.eps, x, ts, return_trajectory=True, callback=seen.append)
     assert traj[0] is x and torch.equal(traj[-1], out)
     assert len(traj) == len(seen) + 1
-    idx = [i for i, _, _ in seen]
-    assert idx == sorted(idx) and idx[-1] == n - 1
-    assert all(t == float(ts[i]) for i, t, _ in seen)
-    assert all(torch.equal(a, b) for a, (_, _, b) in zip(traj[1:], seen, strict=True))
+    idx = [info["i"] for info in seen]
+    assert idx[0] == 0 and idx == sorted(idx) and seen[-1]["t_next"] == ts[-1]
+    for k, info in enumerate(seen):  # k-diffusion's keys: the step's start point and the prediction there
+        assert float(info["t"]) == float(ts[info["i"]])
+        assert info["x"] is traj[k] and torch.equal(info["x_next"], traj[k + 1])
+        if k + 1 < len(seen):
+            assert seen[k + 1]["i"] > info["i"] and float(info["t_next"]) == float(ts[seen[k + 1]["i"]])
+        d = info["denoised"]
+        if case.name in CALLS_AT_GRID_POINTS or d is not None:
+            assert d is not None and d.shape == x.shape and torch.isfinite(d).all()
+        if case.name in CALLS_AT_GRID_POINTS and not case.options.get("thresholding"):
+            exact = gmm.x0(info["x"], ts[info["i"]])  # the mixture's exact E[x_0 | x_t]
+            assert torch.allclose(d, exact, rtol=1e-9, atol=1e-9)
+    # the same result with and without bookkeeping (stochastic cases re-seed per call)
+    assert torch.equal(solver.sample(gmm.eps, x, ts), out)
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -305,3 +319,21 @@ def test_float32_input_keeps_dtype(case, problem):
     assert out.dtype == torch.float32
     # float32 rounding is amplified by alpha_t / alpha_s (up to ~150 on this grid): loose tolerance
     assert torch.allclose(out.double(), ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_describe_rebuilds_the_same_solver(case, problem):
+    """``describe()`` holds the name and every option: building from it gives an equal solver (same
+    description, same samples), so a description stored in a manifest or discretization file is enough."""
+    ns, gmm = problem
+    solver = make(case, ns)
+    desc = solver.describe()
+    opts = {k: v for k, v in desc.items() if k != "name"}
+    rebuilt = get_solver(desc["name"], ns, **opts)
+    assert type(rebuilt) is type(solver) and rebuilt.describe() == desc
+    n = solver.num_timesteps(valid_nfe(solver, 6))
+    ts = logsnr_grid(ns, n, ns.T, ns.eps)
+    x = x_T_for(ns, 2, gmm.D)
+    assert torch.equal(rebuilt.sample(gmm.eps, x, ts), solver.sample(gmm.eps, x, ts))
+    for k, v in case.options.items():  # the options the case set are recorded as given
+        assert desc[k] == v, (k, desc)

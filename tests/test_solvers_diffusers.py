@@ -56,7 +56,7 @@ from diffusers.schedulers import scheduling_dpmsolver_multistep, scheduling_eule
 
 from ld3.models import AnalyticGMM, model_wrapper  # noqa: E402
 from ld3.schedules import NoiseScheduleVP, ddpm_linear_betas  # noqa: E402
-from ld3.solvers import available, get_solver  # noqa: E402
+from ld3.solvers import get_solver  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
@@ -213,8 +213,6 @@ def test_deis_logrho(steps, order, setup):
 @pytest.mark.parametrize("steps", [7, 10, 25])
 def test_ddim(steps, setup):
     """DDIMScheduler (eta = 0, 'leading' spacing, steps_offset 1) == ddim on the same points."""
-    if "ddim" not in available():
-        pytest.skip("ddim is not registered")
     ns, model_fn, x_T, alphas_cumprod, _ = setup
     sched = DDIMScheduler(
         clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading", steps_offset=1
@@ -237,8 +235,6 @@ def test_ddim(steps, setup):
 @pytest.mark.parametrize("steps", [6, 15])
 def test_euler(steps, setup, float64_steps):
     """EulerDiscreteScheduler (custom timesteps, final sigma_min) == euler; it works on y = x / alpha."""
-    if "euler" not in available():
-        pytest.skip("euler is not registered")
     ns, model_fn, x_T, _, sigma_table = setup
     sched = EulerDiscreteScheduler(final_sigmas_type="sigma_min")
     ks = custom_ks(steps)

@@ -16,12 +16,13 @@ already there).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Union
+
+from ld3.utils.plain import json_safe, to_plain  # noqa: F401  (json_safe is re-exported)
 
 DEFAULT_TOTAL_SAMPLES = 100
 IMG_SPACES = ("pixel", "latent")
@@ -29,21 +30,12 @@ DTYPES = ("float32", "float64", "float16", "bfloat16")
 #: keys of a Hydra config that are not generation options (ignored here)
 FOREIGN_KEYS = ("paths", "logger", "hydra")
 #: solver options that make a solver stochastic; teacher data must be deterministic per sample
-_STOCHASTIC_OPTIONS = ("eta", "s_churn")
+_STOCHASTIC_OPTIONS = ("eta",)
 
 SeedSpec = Union[None, int, str, Sequence[int]]
 
 
-def _to_plain(obj: Any) -> Any:
-    """OmegaConf containers -> plain Python (resolved); other values unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return obj
+_to_plain = to_plain  # the shared helper (ld3/utils/plain.py)
 
 
 def _is_int(v: Any) -> bool:
@@ -265,11 +257,6 @@ class GenDataConfig:
         d = asdict(self)
         d.pop("raw")
         return d
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples -> lists, paths and other objects -> str)."""
-    return json.loads(json.dumps(obj, default=str))
 
 
 def flatten(d: Any, prefix: str = "") -> Dict[str, Any]:

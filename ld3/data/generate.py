@@ -59,7 +59,7 @@ from ld3.data.store import (
     write_shard,
 )
 from ld3.utils.io import atomic_write_bytes, atomic_write_json, sha256_file
-from ld3.utils.runtime import resolve_device
+from ld3.utils.runtime import move_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,6 @@ def _apply_blocks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, b
     if block is None or x.shape[0] <= block:
         return fn(x)
     return torch.cat([fn(x[i : i + block]) for i in range(0, x.shape[0], block)])
-
-
-def _move_model(model: Any, device: torch.device) -> None:
-    for attr in ("network", "classifier", "decode", "feature_fn", "cond_process_fn"):
-        obj = getattr(model, attr, None)
-        if isinstance(obj, torch.nn.Module):
-            obj.to(device).eval()
 
 
 def _json_safe_metadata(meta: Dict[str, Any]) -> Dict[str, Any]:
@@ -428,7 +421,7 @@ def _load(cfg: GenDataConfig, model: Any, device: torch.device) -> Any:
         from ld3.models.zoo import load_model
 
         model = load_model(cfg.model["name"], **cfg.model["options"])
-    _move_model(model, device)
+    move_model(model, device)
     return model
 
 

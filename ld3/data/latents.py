@@ -39,14 +39,9 @@ def latents_and_labels(
 
 
 def prior_scale(noise_schedule: NoiseSchedule) -> float:
-    """Scale from a unit-normal latent to x_T: 1 for VP schedules, sigma_max for EDM.
-
-    VP: x_T = z (the DPM-Solver / LD3 convention; sigma_T ~ 1). EDM (alpha = 1): x_T = sigma_max z,
-    as the EDM sampler and the LD3 reference's ``prior_transformation`` do.
-    """
-    if str(getattr(noise_schedule, "kind", "")).startswith("vp"):
-        return 1.0
-    return float(noise_schedule.marginal_std(torch.tensor(noise_schedule.T, dtype=torch.float64)))
+    """Scale from a unit-normal latent to x_T: the schedule's :attr:`~ld3.schedules.NoiseSchedule.prior_scale`
+    (1 for VP schedules, sigma_max for EDM)."""
+    return float(noise_schedule.prior_scale)
 
 
 def prior_transform(noise_schedule: NoiseSchedule, latent: torch.Tensor) -> torch.Tensor:

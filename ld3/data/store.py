@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -185,12 +184,3 @@ def covered_positions(manifest: Dict[str, Any]) -> Dict[int, Dict[str, Any]]:
             out[p] = entry
     return out
 
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames inside ``directory`` durable (best effort)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

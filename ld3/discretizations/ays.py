@@ -118,10 +118,10 @@ def ays(req: Request, *, model: str | None = None) -> Discretization:
     ns = req.noise_schedule
     n = req.num_points
     if entry["form"] == "timesteps":
-        if ns.kind != "vp_discrete" or ns.total_N != DISCRETE_STEPS:
+        if ns.discrete_steps != DISCRETE_STEPS:
             raise ValueError(
                 f"the AYS schedule for {key!r} is given in integer timesteps of a {DISCRETE_STEPS}-step "
-                f"discrete VP model; this model's schedule is {ns.kind} with N={ns.total_N}"
+                f"discrete VP model; this model's schedule is {ns.kind} with N={ns.discrete_steps}"
             )
         t_pub = (torch.tensor(entry["values"], dtype=torch.float64) + 1.0) / DISCRETE_STEPS
         if n == t_pub.numel():
@@ -133,7 +133,7 @@ def ays(req: Request, *, model: str | None = None) -> Discretization:
         sig_pub = torch.tensor(entry["values"], dtype=torch.float64)
         _check_sigma_range(sig_pub, ns, key)
         sig = loglinear_interp(sig_pub, n)
-        t = sig.clone() if ns.kind == "edm" else ns.inverse_edm_sigma(sig)  # EDM: t = sigma exactly
+        t = ns.time_from_unit(sig, "sigma")  # EDM: t = sigma exactly
         # clamp the rounding of the published endpoints onto the schedule's range
         tol = RANGE_TOLERANCE * max(abs(ns.T), 1.0)
         t = torch.where((t > ns.T) & (t <= ns.T * (1 + 1e-4) + tol), torch.full_like(t, ns.T), t)

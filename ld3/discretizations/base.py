@@ -16,12 +16,11 @@ from typing import Any, Callable, Dict, List, Union
 
 import torch
 
-from ld3.schedules import RANGE_TOLERANCE, NoiseSchedule
+from ld3.schedules import NoiseSchedule
+from ld3.utils.plain import json_safe  # noqa: F401  (re-exported for the kinds)
 
 TimeLike = Union[float, torch.Tensor]
 
-#: kinds whose options may hold a whole tensor/array (kept out of ``Discretization.config``)
-_UNSERIALISABLE = (torch.Tensor,)
 
 
 @dataclass
@@ -135,14 +134,11 @@ def time_range(ns: NoiseSchedule, t_min: TimeLike | None, t_max: TimeLike | None
     """Resolve (t_min, t_max): defaults are the schedule's eps and T; both must lie in [eps, T]."""
     lo = as_time(ns.eps if t_min is None else t_min, "t_min")
     hi = as_time(ns.T if t_max is None else t_max, "t_max")
-    tol = RANGE_TOLERANCE * max(abs(ns.T), 1.0)
     lo_f, hi_f = float(lo.detach()), float(hi.detach())
     if not lo_f < hi_f:
         raise ValueError(f"need t_min < t_max, got t_min={lo_f}, t_max={hi_f}")
-    if lo_f < ns.eps - tol or hi_f > ns.T + tol:
-        raise ValueError(
-            f"t_min={lo_f}, t_max={hi_f} must lie in the {ns.kind} schedule's range [eps, T] = [{ns.eps}, {ns.T}]"
-        )
+    ns.check_t(lo.detach(), name="t_min")
+    ns.check_t(hi.detach(), name="t_max")
     return lo, hi
 
 
@@ -152,34 +148,6 @@ def with_endpoints(interior: torch.Tensor, t_max: torch.Tensor, t_min: torch.Ten
 
 
 def check_grid(t: torch.Tensor, ns: NoiseSchedule, num_points: int, what: str) -> torch.Tensor:
-    """The result of a kind: 1-D, ``num_points`` long, finite, strictly descending, inside [eps, T]."""
-    if not isinstance(t, torch.Tensor):
-        t = torch.as_tensor(t, dtype=torch.float64)
-    if t.dim() != 1:
-        raise ValueError(f"{what}: expected a 1-D grid, got shape {tuple(t.shape)}")
-    if t.numel() != num_points:
-        raise ValueError(f"{what}: grid has {t.numel()} points, the request needs {num_points}")
-    td = t.detach()
-    if not torch.isfinite(td).all():
-        raise ValueError(f"{what}: grid contains NaN or inf: {td.tolist()}")
-    if not (td[1:] < td[:-1]).all():
-        raise ValueError(f"{what}: grid is not strictly descending: {td.tolist()}")
-    ns.check_t(td, name=what)
-    return t
-
-
-def json_safe(options: Dict[str, Any]) -> Dict[str, Any]:
-    """Options as a JSON-serialisable dict (tensors -> lists, callables/objects -> their type name)."""
-    out: Dict[str, Any] = {}
-    for k, v in options.items():
-        if isinstance(v, _UNSERIALISABLE):
-            out[k] = v.detach().cpu().tolist() if v.numel() <= 64 else f"<tensor {tuple(v.shape)}>"
-        elif isinstance(v, (str, int, float, bool)) or v is None:
-            out[k] = v
-        elif isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float, bool)) for x in v):
-            out[k] = list(v)
-        elif isinstance(v, dict):
-            out[k] = json_safe(v)
-        else:
-            out[k] = f"<{type(v).__name__}>"
-    return out
+    """The result of a kind: 1-D, ``num_points`` long, finite, strictly descending, inside [eps, T]
+    (the schedule's one validator, :meth:`ld3.schedules.NoiseSchedule.check_grid`)."""
+    return ns.check_grid(t, name=what, length=num_points)

@@ -30,10 +30,10 @@ from typing import Any, Dict, Sequence, Union
 import torch
 
 from ld3.discretizations.base import Discretization
+from ld3.schedules import TIME_UNITS
 from ld3.utils.io import atomic_write_json
 
 FORMAT = "ld3.discretization/1"
-TIME_UNITS = ("t", "sigma")
 PathLike = Union[str, os.PathLike]
 
 _REQUIRED = ("format", "timesteps")

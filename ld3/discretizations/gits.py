@@ -45,7 +45,7 @@ class GITSCost:
 
 def prior_std(ns: NoiseSchedule) -> float:
     """Standard deviation of x_T used when drawing it: sigma_max for EDM models, 1 for VP models."""
-    return float(ns.T) if ns.kind == "edm" else 1.0
+    return float(ns.prior_scale)
 
 
 def _resolve_solver(solver: Any, ns: NoiseSchedule, options: dict | None, what: str):

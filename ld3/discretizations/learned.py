@@ -24,9 +24,7 @@ from ld3.schedules import RANGE_TOLERANCE, NoiseSchedule
 
 
 def _to_t(values: torch.Tensor, unit: str, ns: NoiseSchedule) -> torch.Tensor:
-    if unit == "t" or ns.kind == "edm":
-        return values.clone()
-    return ns.inverse_edm_sigma(values)
+    return ns.time_from_unit(values, unit)
 
 
 #: relative distance under which a stored endpoint counts as the schedule's eps / T (float32 rounding)

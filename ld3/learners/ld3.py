@@ -46,12 +46,12 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
 
-from ld3.schedules import NoiseSchedule, NoiseScheduleEDM
+from ld3.schedules import NoiseSchedule
 from ld3.utils.io import atomic_torch_save
 
 log = logging.getLogger("ld3.learner")
@@ -68,14 +68,14 @@ def resolve_time_mode(time_mode: str, noise_schedule: NoiseSchedule) -> str:
         raise ValueError(f"time_mode={time_mode!r} is not supported; allowed: {list(CONFIG_TIME_MODES)}")
     if time_mode != "auto":
         return time_mode
-    return "lambda" if isinstance(noise_schedule, NoiseScheduleEDM) else "time"
+    return noise_schedule.default_time_mode
 WINDOW_FROM = ("steps", "logits")
 
 
 # ============================================================================================ config
 @dataclass
 class LD3Config:
-    """Every knob of the LD3 learner; defaults are the reference's CIFAR-10 values (``configs/cifar10.yml``).
+    """Every knob of the LD3 learner; defaults are the reference's CIFAR-10 values (its ``configs/cifar10.yml``).
 
     See ``configs/learner/ld3.yaml`` and ``docs/ld3.md`` for the meaning of each key.
     """
@@ -288,9 +288,7 @@ def prior_scale(noise_schedule: NoiseSchedule) -> float:
 
     The LD3 reference's ``prior_transformation`` (VP: identity; EDM: times T).
     """
-    if isinstance(noise_schedule, NoiseScheduleEDM):
-        return float(noise_schedule.T)
-    return 1.0
+    return float(noise_schedule.prior_scale)
 
 
 def checkpointed(model_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -422,7 +420,6 @@ class LD3Trainer:
             "pos": 0,
             "iter": 0,
             "count_worse": 0,
-            "count_min_lr1_hit": 0,
             "count_min_lr2_hit": 0,
             "best_loss": math.inf,
             "eval_on_one": bool(cfg.validate_first_batch_only),
@@ -578,10 +575,7 @@ class LD3Trainer:
                 return loss
             g1 = self.opt1.param_groups[0]
             g1["lr"] = max(cfg.lr_time_decay * g1["lr"], cfg.min_lr_time_1)
-            if self.in_v1:
-                if g1["lr"] <= cfg.min_lr_time_1:
-                    st["count_min_lr1_hit"] += 1
-            else:
+            if not self.in_v1:
                 g2 = self.opt2.param_groups[0]
                 g2["lr"] = max(cfg.lr_time_decay * g2["lr"], cfg.min_lr_time_2)
                 if g2["lr"] <= cfg.min_lr_time_2:
@@ -828,14 +822,11 @@ def evaluate_grid(
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = 256,
     device: Any = "cpu",
-    extra_losses: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] | None = None,
 ) -> Dict[str, float]:
     """Mean (and std) per-sample distance to the teacher for the original latents of ``data``."""
     scale = prior_scale(solver.noise_schedule)
     device = torch.device(device)
     vals: Dict[str, List[torch.Tensor]] = {"loss": []}
-    for k in extra_losses or {}:
-        vals[k] = []
     n = len(data)
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
@@ -846,8 +837,6 @@ def evaluate_grid(
         out = x0 if decode is None else decode(x0)
         tgt = data.targets[idx].to(device)
         vals["loss"].append(loss_fn(out, tgt).detach().cpu().double())
-        for k, fnl in (extra_losses or {}).items():
-            vals[k].append(fnl(out, tgt).detach().cpu().double())
     res: Dict[str, float] = {}
     for k, v in vals.items():
         v = torch.cat(v)
@@ -875,6 +864,3 @@ def split_data(data: LD3Data, num_train: int, num_valid: int, num_test: int) -> 
         sub(num_train + num_valid, need),
     )
 
-
-def describe_grid(t: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{float(x):.5g}" for x in t) + "]"

@@ -38,6 +38,8 @@ from ld3.learners.ld3 import (
 )
 from ld3.learners.losses import get_loss
 from ld3.utils.io import atomic_write_json, atomic_write_text
+from ld3.utils.plain import to_plain
+from ld3.utils.runtime import move_model
 
 log = logging.getLogger("ld3.learner")
 
@@ -49,16 +51,7 @@ BEST_HANDCRAFTED = "best_handcrafted"
 
 
 # ============================================================================================ helpers
-def _plain(cfg: Any) -> Any:
-    """OmegaConf node -> plain containers (resolved); dicts pass through."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return cfg
+_plain = to_plain  # the shared helper (ld3/utils/plain.py)
 
 
 def run_name(solver: str, steps: int, hyper: Dict[str, float], loss: str, lcfg: LD3Config, seed: int) -> str:
@@ -93,16 +86,6 @@ def _setup_file_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def move_model(loaded: Any, device: torch.device) -> None:
-    """Put every torch module of a LoadedModel (network, decoder, classifier, feature net) on ``device``."""
-    objs = [getattr(loaded, a, None) for a in ("network", "classifier", "decode", "feature_fn", "cond_process_fn")]
-    objs += list((getattr(loaded, "metadata", None) or {}).values())
-    for obj in objs:
-        mod = obj if isinstance(obj, torch.nn.Module) else getattr(obj, "__self__", None)
-        if isinstance(mod, torch.nn.Module):
-            mod.to(device)
-
-
 def model_fn_factory(loaded: Any, mcfg: Dict[str, Any]) -> Callable[[Any, Any], Callable[..., torch.Tensor]]:
     """(condition, unconditional_condition) -> the model's noise-prediction function (guidance from config)."""
     gtype = mcfg.get("guidance_type")
@@ -134,9 +117,7 @@ def prior_grid(
     ts = pcfg.get("timesteps")
     if ts is not None:
         t = torch.as_tensor(list(ts), dtype=torch.float64)
-        if pcfg.get("time_unit", "t") == "sigma" and getattr(ns, "kind", "") != "edm":
-            t = ns.inverse_edm_sigma(t)
-        return t
+        return ns.time_from_unit(t, pcfg.get("time_unit", "t"))
     from ld3.discretizations import get_timesteps
 
     kind = pcfg.get("kind", "gits")

@@ -70,8 +70,8 @@ StepFn = Callable[..., Any]
 def default_timesteps(noise_schedule: NoiseSchedule, num_steps: int) -> torch.Tensor:
     """The reference's grid of ``num_steps + 1`` times (float64, descending); see the module docstring."""
     num_steps = _check_num_steps(num_steps)
-    if getattr(noise_schedule, "kind", "") == "vp_discrete":
-        n_train = int(noise_schedule.total_N)
+    if noise_schedule.discrete_steps is not None:
+        n_train = int(noise_schedule.discrete_steps)
         if num_steps >= n_train:
             raise ValueError(
                 f"num_steps={num_steps} is too large for a discrete schedule of {n_train} steps; "
@@ -89,13 +89,13 @@ def timesteps_from_indices(noise_schedule: NoiseSchedule, indices: TensorLike) -
 
     Index k is time (k + 1) / N; the end point 1 / N (index 0) is appended, as in the reference.
     """
-    if getattr(noise_schedule, "kind", "") != "vp_discrete":
+    if noise_schedule.discrete_steps is None:
         raise ValueError(
-            f"discrete indices need a 'vp_discrete' noise schedule, got {getattr(noise_schedule, 'kind', None)!r}; "
+            f"discrete indices need a discrete-time noise schedule, got {noise_schedule.kind!r}; "
             "pass continuous times with timesteps= instead"
         )
     k = torch.as_tensor(indices, dtype=torch.float64).detach().cpu().flatten()
-    n_train = int(noise_schedule.total_N)
+    n_train = int(noise_schedule.discrete_steps)
     if k.numel() < 1 or not torch.isfinite(k).all() or (k < 1).any() or (k > n_train - 1).any():
         raise ValueError(f"indices must be numbers in [1, {n_train - 1}], got {k.tolist()}")
     return torch.cat([(k + 1.0) / n_train, torch.tensor([1.0 / n_train], dtype=torch.float64)])
@@ -103,23 +103,8 @@ def timesteps_from_indices(noise_schedule: NoiseSchedule, indices: TensorLike) -
 
 def check_timesteps(noise_schedule: NoiseSchedule, timesteps: TensorLike, num_steps: int | None = None) -> torch.Tensor:
     """Validate a continuous-time grid: 1-D, >= 2 points, finite, strictly descending, inside [eps, T]."""
-    if isinstance(timesteps, torch.Tensor):
-        ts = timesteps.detach().to(torch.float64)
-    else:
-        try:
-            ts = torch.as_tensor(timesteps, dtype=torch.float64)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"timesteps must be a 1-D sequence of numbers, got {timesteps!r}") from e
-    if ts.dim() != 1 or ts.numel() < 2:
-        raise ValueError(f"timesteps must be a 1-D grid of at least 2 times, got shape {tuple(ts.shape)}")
-    if num_steps is not None and ts.numel() != num_steps + 1:
-        raise ValueError(f"timesteps has {ts.numel()} points, num_steps={num_steps} needs {num_steps + 1}")
-    if not torch.isfinite(ts).all():
-        raise ValueError(f"timesteps contains NaN or inf: {ts.tolist()}")
-    if not (ts[1:] < ts[:-1]).all():
-        raise ValueError(f"timesteps must be strictly descending (t_max -> t_min), got {ts.tolist()}")
-    noise_schedule.check_t(ts, name="timesteps")
-    return ts
+    ts = timesteps.detach().to(torch.float64) if isinstance(timesteps, torch.Tensor) else timesteps
+    return noise_schedule.check_grid(ts, "timesteps", None if num_steps is None else num_steps + 1)
 
 
 def check_ratios(t_ratios: TensorLike, num_steps: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from ld3.logging.results import ResultsStore
+from ld3.utils.plain import to_plain
 
 BACKENDS = ("local", "wandb", "disabled")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -77,11 +78,7 @@ class SweepLogger:
 def make_logger(cfg: Any, run_config: Optional[Dict[str, Any]] = None, run_name: Optional[str] = None) -> SweepLogger:
     """Build from the ``logger`` config group (an OmegaConf node or a dict)."""
     get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
-    wandb_cfg = get("wandb", None)
-    if wandb_cfg is not None and not isinstance(wandb_cfg, dict):
-        from omegaconf import OmegaConf
-
-        wandb_cfg = OmegaConf.to_container(wandb_cfg, resolve=True)
+    wandb_cfg = to_plain(get("wandb", None))
     return SweepLogger(
         backend=get("backend", "local"),
         results_path=get("results_path", None),

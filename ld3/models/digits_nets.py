@@ -184,7 +184,7 @@ class DigitsUNet(nn.Module):
         if self.schedule is None:
             return self.backbone(x, t, y).to(dtype)
         # continuous time of the network input k: t = k / 1000 + 1 / N (model_time_input's inverse)
-        tc = t.double() / 1000.0 + 1.0 / self.schedule.total_N
+        tc = self.schedule.inverse_model_time_input(t.double())
         log_alpha = self.schedule.marginal_log_mean_coeff(tc, check=False)
         alpha = torch.exp(log_alpha)
         sigma = torch.sqrt(-torch.expm1(2.0 * log_alpha))

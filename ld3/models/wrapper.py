@@ -36,21 +36,14 @@ ModelFn = Callable[..., torch.Tensor]
 
 
 def model_time_input(noise_schedule: NoiseSchedule, t: torch.Tensor) -> torch.Tensor:
-    """Continuous time -> the time a network was trained with.
-
-    Discrete VP models were trained on integer steps k = 0..N-1 with t_k = (k + 1) / N, so the
-    input is (t - 1/N) * 1000 (DPM-Solver's convention, exact for N = 1000). Others take t.
-    """
-    if getattr(noise_schedule, "kind", "") == "vp_discrete":
-        return (t - 1.0 / noise_schedule.total_N) * 1000.0
-    return t
+    """Continuous time -> the time a network was trained with (the schedule's convention,
+    :meth:`ld3.schedules.NoiseSchedule.model_time_input`; (t - 1/N) * 1000 for discrete VP models)."""
+    return noise_schedule.model_time_input(t)
 
 
 def inverse_model_time_input(noise_schedule: NoiseSchedule, t_input: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`model_time_input`."""
-    if getattr(noise_schedule, "kind", "") == "vp_discrete":
-        return t_input / 1000.0 + 1.0 / noise_schedule.total_N
-    return t_input
+    return noise_schedule.inverse_model_time_input(t_input)
 
 
 def _expand_like(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +111,7 @@ def model_wrapper(
         return -sigma * out  # score
 
     def call_model(x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        t_in = model_time_input(ns, t)
+        t_in = ns.model_time_input(t)
         if cond is None:
             out = model(x, t_in, **model_kwargs)
         else:
@@ -150,7 +143,7 @@ def model_wrapper(
                 raise ValueError("classifier guidance needs a condition (the target labels)")
             eps = call_model(x, t, uncond)
             sigma = _expand_like(ns.marginal_std(t, check=False), x).to(x.dtype)
-            return eps - guidance_scale * sigma * cond_grad(x, model_time_input(ns, t), cond)
+            return eps - guidance_scale * sigma * cond_grad(x, ns.model_time_input(t), cond)
         # classifier-free
         if cond is None or uncond is None:
             raise ValueError("classifier-free guidance needs both condition and unconditional_condition")

@@ -20,7 +20,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ld3.solvers.base import Callback
+from ld3.solvers.base import StepHook
 
 Scalar = Union[torch.Tensor, float]
 
@@ -108,9 +108,7 @@ def run_plan(
     pred: Callable[[torch.Tensor, int], torch.Tensor],
     x: torch.Tensor,
     plan: Sequence[PlanStep],
-    timesteps: torch.Tensor,
-    callback: Callback,
-    traj: Optional[List[torch.Tensor]],
+    step_done: StepHook,
 ) -> torch.Tensor:
     """Run an explicit plan: plan[j - 1] = (b, c, [(l, W), ...]) gives x_j = c x_b + sum W m_l.
 
@@ -136,10 +134,8 @@ def run_plan(
             del ms[key]
         for key in [k for k in xs if k != j and x_last.get(k, 0) <= j]:
             del xs[key]
-        if traj is not None:
-            traj.append(xj)
-        if callback is not None:
-            callback(j, timesteps[j], xj)
+        if step_done is not None:
+            step_done(j, xj)
     return xs[n - 1]
 
 

@@ -5,6 +5,10 @@ Every solver integrates the probability-flow ODE of a diffusion model given a *n
 times. Contract (DESIGN.md):
 
 * ``sample(model_fn, x_T, timesteps, model_timesteps=None, callback=None, return_trajectory=False)``
+* ``callback(info)`` is called after every step with a dict (as k-diffusion's samplers do): ``i`` (index
+  of the grid point the step started from), ``t`` (its time), ``x`` (the state there), ``denoised`` (the
+  data prediction (x - sigma eps) / alpha of the network's last call at that grid point, None for a
+  point the solver jumps over without a call), ``t_next`` / ``x_next`` (where the step ended).
 * ``timesteps``: 1-D tensor, strictly descending from t_max to t_min, of length
   ``solver.num_timesteps(nfe)``; it may require grad, and gradients flow to it, to
   ``model_timesteps`` and to ``x_T``.
@@ -20,13 +24,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Type
 
-import numpy as np
 import torch
 
-from ld3.schedules import RANGE_TOLERANCE, NoiseSchedule
+from ld3.schedules import NoiseSchedule
+from ld3.solvers.thresholding import ThresholdingOptions, parse_thresholding_options
 
 ModelFn = Callable[..., torch.Tensor]
-Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
+#: the user's callback: called once per step with a dict (see the module docstring)
+Callback = Optional[Callable[[Dict[str, Any]], None]]
+#: what a solver's ``_sample`` calls after reaching grid point ``j`` with state ``x_j`` (None: nothing to do)
+StepHook = Optional[Callable[[int, torch.Tensor], None]]
 
 _REGISTRY: Dict[str, Type["Solver"]] = {}
 
@@ -59,30 +66,8 @@ def get_solver(name: str, noise_schedule: NoiseSchedule, **options: Any) -> "Sol
 def validate_timesteps(
     timesteps: Any, noise_schedule: NoiseSchedule, expected_len: Optional[int] = None, name: str = "timesteps"
 ) -> torch.Tensor:
-    """Check a time grid once: 1-D, finite, strictly descending, inside the schedule's range."""
-    if not isinstance(timesteps, torch.Tensor):
-        timesteps = torch.as_tensor(timesteps, dtype=torch.float64)
-    if timesteps.dim() != 1:
-        raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(timesteps.shape)}")
-    if expected_len is not None and timesteps.numel() != expected_len:
-        raise ValueError(f"{name} has length {timesteps.numel()}, this solver needs {expected_len}")
-    if timesteps.numel() < 2:
-        raise ValueError(f"{name} needs at least 2 points, got {timesteps.numel()}")
-    # one device->host copy, then cheap checks on a small numpy array (no further syncs)
-    td = timesteps.detach().to("cpu", torch.float64).numpy()
-    if not np.isfinite(td).all():
-        raise ValueError(f"{name} contains NaN or inf: {td.tolist()}")
-    if not (td[1:] < td[:-1]).all():
-        raise ValueError(f"{name} must be strictly descending (t_max -> t_min), got {td.tolist()}")
-    ns = noise_schedule
-    tol = RANGE_TOLERANCE * max(abs(ns.T), 1.0)
-    if td[-1] < ns.eps - tol or td[0] > ns.T + tol:
-        bad = td[-1] if td[-1] < ns.eps - tol else td[0]
-        raise ValueError(
-            f"{name}={float(bad)!r} is outside the allowed range [eps, T] = [{ns.eps}, {ns.T}] "
-            f"of the {ns.kind} noise schedule"
-        )
-    return timesteps
+    """Check a time grid once (the schedule's one validator, :meth:`ld3.schedules.NoiseSchedule.check_grid`)."""
+    return noise_schedule.check_grid(timesteps, name=name, length=expected_len)
 
 
 class Solver:
@@ -91,6 +76,9 @@ class Solver:
     name: str = "base"
 
     def __init__(self, noise_schedule: NoiseSchedule, **options: Any) -> None:
+        #: Imagen dynamic thresholding (``thresholding``, ``dynamic_thresholding_ratio``, ``sample_max_value``),
+        #: accepted by every solver; each update rule applies it to its data / noise predictions
+        self.thresholding: ThresholdingOptions = parse_thresholding_options(options)
         if options:
             raise ValueError(f"solver {self.name!r} got unknown options {sorted(options)}")
         self.noise_schedule = noise_schedule
@@ -132,11 +120,11 @@ class Solver:
                 raise ValueError(f"model_timesteps contains NaN or inf: {model_timesteps.detach().tolist()}")
         timesteps = timesteps.to(x_T.device)
         model_timesteps = model_timesteps.to(x_T.device)
-        traj: Optional[List[torch.Tensor]] = [x_T] if return_trajectory else None
-        x = self._sample(model_fn, x_T, timesteps, model_timesteps, callback, traj)
-        if return_trajectory:
-            return x, traj
-        return x
+        if callback is None and not return_trajectory:  # the fast path: no bookkeeping at all
+            return self._sample(model_fn, x_T, timesteps, model_timesteps, None)
+        rec = _Recorder(self.noise_schedule, model_fn, x_T, timesteps, model_timesteps, callback)
+        x = self._sample(rec.model_fn, x_T, timesteps, model_timesteps, rec.step_done)
+        return (x, rec.traj) if return_trajectory else x
 
     def check_grid_length(self, n: int) -> None:
         """Raise if a grid of ``n`` points does not fit this solver (override for special grids)."""
@@ -149,11 +137,71 @@ class Solver:
         x: torch.Tensor,
         timesteps: torch.Tensor,
         model_timesteps: torch.Tensor,
-        callback: Callback,
-        traj: Optional[List[torch.Tensor]],
+        step_done: StepHook,
     ) -> torch.Tensor:
+        """The update rule: integrate ``x`` over the grid, calling ``step_done(j, x_j)`` (when not None)
+        each time the state reaches grid point j."""
         raise NotImplementedError
 
     def describe(self) -> dict:
         """Name and options (for discretization files and manifests)."""
         return {"name": self.name}
+
+
+class _Recorder:
+    """Trajectory and callback bookkeeping of one ``sample`` call (kept out of the solvers' update rules).
+
+    Wraps ``model_fn`` to remember its recent calls (references only, no host syncs); when a step ends,
+    the prediction of the network's last call at the step's start point (matched by its model time) is
+    turned into ``denoised`` with the integration grid's alpha and sigma, as the solvers do.
+    """
+
+    def __init__(
+        self,
+        ns: NoiseSchedule,
+        model_fn: ModelFn,
+        x_T: torch.Tensor,
+        timesteps: torch.Tensor,
+        model_timesteps: torch.Tensor,
+        callback: Callback,
+    ) -> None:
+        self.traj: List[torch.Tensor] = [x_T]
+        self.callback = callback
+        self.timesteps, self.model_timesteps = timesteps, model_timesteps
+        self.prev, self.x_prev = 0, x_T
+        self.calls: List[tuple] = []  # (x, t, eps) of the calls since the step before the last one
+        self.keep_from = 0
+        if callback is None:
+            self.model_fn = model_fn
+        else:
+            log_alpha, sigma = ns.marginal_log_alpha_and_std(timesteps, check=False)
+            self.alpha, self.sigma = torch.exp(log_alpha), sigma
+
+            def recording_fn(x: torch.Tensor, t: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+                eps = model_fn(x, t, *args, **kwargs)
+                self.calls.append((x, t, eps))
+                return eps
+
+            self.model_fn = recording_fn
+
+    def _denoised(self, i: int) -> Optional[torch.Tensor]:
+        target = float(self.model_timesteps[i])
+        for x, t, eps in reversed(self.calls):
+            t0 = t.reshape(-1)[0] if isinstance(t, torch.Tensor) else t
+            if float(t0) == target:
+                a, s = self.alpha[i].to(x.dtype), self.sigma[i].to(x.dtype)
+                return (x - s * eps) / a
+        return None
+
+    def step_done(self, j: int, x_j: torch.Tensor) -> None:
+        self.traj.append(x_j)
+        if self.callback is not None:
+            i = self.prev
+            self.callback({
+                "i": i, "t": self.timesteps[i], "x": self.x_prev, "denoised": self._denoised(i),
+                "t_next": self.timesteps[j], "x_next": x_j,
+            })
+            # a multistep solver may call the network for point j during the step that reaches j: keep those
+            self.calls = self.calls[self.keep_from:]
+            self.keep_from = len(self.calls)
+        self.prev, self.x_prev = j, x_j

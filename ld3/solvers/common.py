@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import torch
 
-from ld3.schedules import NoiseSchedule, NoiseScheduleVP
+from ld3.schedules import NoiseSchedule
 from ld3.solvers.thresholding import ThresholdingOptions
 
 
@@ -35,12 +35,7 @@ def grid_quantities(noise_schedule: NoiseSchedule, timesteps: torch.Tensor, with
 
     ``with_lambda=False`` skips lambda (``lam`` is then None) for solvers that only need sigma~.
     """
-    log_alpha = noise_schedule.marginal_log_mean_coeff(timesteps, check=False)
-    if isinstance(noise_schedule, NoiseScheduleVP):
-        # variance preserving by definition: sigma = sqrt(1 - alpha^2) (saves a second interpolation)
-        sigma = torch.sqrt(-torch.expm1(2.0 * log_alpha))
-    else:
-        sigma = noise_schedule.marginal_std(timesteps, check=False)
+    log_alpha, sigma = noise_schedule.marginal_log_alpha_and_std(timesteps, check=False)
     alpha = torch.exp(log_alpha)
     lam = log_alpha - torch.log(sigma) if with_lambda else None
     return Grid(t=timesteps, alpha=alpha, sigma=sigma, lam=lam, edm=sigma / alpha)

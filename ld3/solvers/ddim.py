@@ -19,13 +19,12 @@ eta = 1 is DDPM's ancestral sampler. NFE = number of steps = len(timesteps) - 1.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import torch
 
-from ld3.solvers.base import Callback, ModelFn, Solver, register_solver
+from ld3.solvers.base import ModelFn, Solver, StepHook, register_solver
 from ld3.solvers.common import grid_quantities, per_sample, split, threshold_noise
-from ld3.solvers.thresholding import parse_thresholding_options
 
 
 @register_solver("ddim")
@@ -51,7 +50,6 @@ class DDIM(Solver):
         generator: Optional[torch.Generator] = None,
         **options: Any,
     ) -> None:
-        self.thresholding = parse_thresholding_options(options)
         super().__init__(noise_schedule, **options)
         try:
             eta_f = float(eta)
@@ -94,8 +92,7 @@ class DDIM(Solver):
         x: torch.Tensor,
         timesteps: torch.Tensor,
         model_timesteps: torch.Tensor,
-        callback: Callback,
-        traj: Optional[List[torch.Tensor]],
+        step_done: StepHook,
     ) -> torch.Tensor:
         c_x, c_eps, std = self.step_coefficients(timesteps)
         thr = self.thresholding if self.thresholding.thresholding else None
@@ -113,10 +110,8 @@ class DDIM(Solver):
             x = (cx[i] * x).addcmul_(ce[i], eps)  # two kernels; in place on a fresh tensor (autograd-safe)
             if sd is not None:
                 x = x + sd[i] * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            if traj is not None:
-                traj.append(x)
-            if callback is not None:
-                callback(i + 1, timesteps[i + 1], x)
+            if step_done is not None:
+                step_done(i + 1, x)
         return x
 
     def describe(self) -> dict:

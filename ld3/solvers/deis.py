@@ -31,7 +31,7 @@ qsh-zh/deis has no lower-order final steps). NFE = N = len(timesteps) - 1.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -44,9 +44,8 @@ from ld3.solvers._multistep import (
     select_rows,
     shifted,
 )
-from ld3.solvers.base import Callback, ModelFn, Solver, register_solver
+from ld3.solvers.base import ModelFn, Solver, StepHook, register_solver
 from ld3.solvers.common import Grid, check_choice, check_int_range, grid_quantities, per_sample, threshold_noise
-from ld3.solvers.thresholding import parse_thresholding_options
 
 VARIANTS = ("logrho", "tab")
 
@@ -76,7 +75,6 @@ class DEIS(Solver):
         quadrature_points: int = 16,
         **options: Any,
     ) -> None:
-        self.thresholding = parse_thresholding_options(options)
         super().__init__(noise_schedule, **options)
         self.order = check_int_range("order", order, 1, 3)
         check_choice("variant", variant, VARIANTS)
@@ -130,11 +128,6 @@ class DEIS(Solver):
             out.append(ws)
         return out
 
-    def coefficient_plan(self, timesteps: torch.Tensor) -> list:
-        """plan[j - 1] = (j - 1, c, [(l, C)]) with x_j = c x_{j-1} + sum C eps_l."""
-        g = grid_quantities(self.noise_schedule, timesteps)
-        return self._plan(g)
-
     def _plan(self, g: Grid) -> list:
         n_steps = g.t.shape[0] - 1
         h = g.lam[1:] - g.lam[:-1]
@@ -152,8 +145,7 @@ class DEIS(Solver):
         x: torch.Tensor,
         timesteps: torch.Tensor,
         model_timesteps: torch.Tensor,
-        callback: Callback,
-        traj: Optional[List[torch.Tensor]],
+        step_done: StepHook,
     ) -> torch.Tensor:
         g = grid_quantities(self.noise_schedule, timesteps)
         plan = self._plan(g)
@@ -168,7 +160,7 @@ class DEIS(Solver):
                 eps = threshold_noise(eps, xi, alphas[i], sigmas[i], thr)
             return eps
 
-        return run_plan(noise_pred, x, plan, timesteps, callback, traj)
+        return run_plan(noise_pred, x, plan, step_done)
 
     def describe(self) -> Dict[str, Any]:
         out = {

@@ -46,14 +46,13 @@ the last, and every evaluation is used (the reference's extra call after the las
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 
 from ld3.solvers._multistep import check_bool, multistep_orders, run_plan, select_rows, shifted
-from ld3.solvers.base import Callback, ModelFn, Solver, register_solver
+from ld3.solvers.base import ModelFn, Solver, StepHook, register_solver
 from ld3.solvers.common import Grid, check_choice, check_int_range, grid_quantities, per_sample
-from ld3.solvers.thresholding import parse_thresholding_options
 
 #: accepted spellings of solver_type -> canonical name
 SOLVER_TYPES = {"midpoint": "midpoint", "dpmsolver": "midpoint", "taylor": "taylor", "heun": "taylor"}
@@ -105,7 +104,6 @@ class DPMSolverPP(Solver):
         order3_form: str = "reference",
         **options: Any,
     ) -> None:
-        self.thresholding = parse_thresholding_options(options)
         super().__init__(noise_schedule, **options)
         self.order = check_int_range("order", order, 1, 3)
         check_choice("solver_type", solver_type, list(SOLVER_TYPES))
@@ -195,9 +193,8 @@ class DPMSolverPP(Solver):
             a += k
         return plan
 
-    def coefficient_plan(self, timesteps: torch.Tensor) -> list:
+    def _plan(self, g: Grid) -> list:
         """plan[j - 1] = (b, c, [(l, W)]) with x_j = c x_b + sum W m_l (m: data predictions)."""
-        g = grid_quantities(self.noise_schedule, timesteps)
         return self._singlestep_plan(g) if self.method == "singlestep" else self._multistep_plan(g)
 
     # ------------------------------------------------------------------ sampling
@@ -207,11 +204,10 @@ class DPMSolverPP(Solver):
         x: torch.Tensor,
         timesteps: torch.Tensor,
         model_timesteps: torch.Tensor,
-        callback: Callback,
-        traj: Optional[List[torch.Tensor]],
+        step_done: StepHook,
     ) -> torch.Tensor:
         g = grid_quantities(self.noise_schedule, timesteps)
-        plan = self._singlestep_plan(g) if self.method == "singlestep" else self._multistep_plan(g)
+        plan = self._plan(g)
         inv_alpha = (1.0 / g.alpha).unbind(0)
         neg_edm = (-g.edm).unbind(0)
         t_in = per_sample(model_timesteps, x.shape[0])
@@ -221,7 +217,7 @@ class DPMSolverPP(Solver):
             x0 = (inv_alpha[i] * xi).addcmul_(neg_edm[i], model_fn(xi, t_in[i]))
             return thr(x0) if thr is not None else x0
 
-        return run_plan(data_pred, x, plan, timesteps, callback, traj)
+        return run_plan(data_pred, x, plan, step_done)
 
     def describe(self) -> Dict[str, Any]:
         return {

@@ -24,15 +24,15 @@ NFE = steps = ``len(timesteps) - 1``; no evaluation is wasted (the last step reu
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, List, Optional
+from typing import Any, List, Tuple
 
 import torch
 
-from ld3.solvers.base import Callback, ModelFn, Solver, register_solver
+from ld3.solvers.base import ModelFn, Solver, StepHook, register_solver
 from ld3.solvers.common import check_int_range, per_sample, split, threshold_noise
 from ld3.solvers.euler import edm_step_coefficients
-from ld3.solvers.thresholding import parse_thresholding_options
 
 #: fixed Adams-Bashforth coefficients for equal steps, newest evaluation first
 AB_COEFFICIENTS = {
@@ -66,6 +66,15 @@ def variable_step_ab_coefficients(nodes: List[torch.Tensor], s_next: torch.Tenso
     return coeffs
 
 
+@functools.lru_cache(maxsize=64)
+def _ab_table(n: int, order: int) -> Tuple[torch.Tensor, Tuple[int, ...]]:
+    """Fixed-step Adams-Bashforth weights of n steps with warm-up (row i: order min(order, i + 1)),
+    zero-padded to ``order`` columns (float64, CPU; cached: building it is most of the per-call cost)."""
+    rows = [list(AB_COEFFICIENTS[min(order, i + 1)]) for i in range(n)]
+    table = torch.tensor([r + [0.0] * (order - len(r)) for r in rows], dtype=torch.float64)
+    return table, tuple(len(r) for r in rows)
+
+
 @register_solver("ipndm")
 class IPNDM(Solver):
     """iPNDM (fixed-coefficient Adams-Bashforth in sigma~ on the noise prediction).
@@ -77,7 +86,6 @@ class IPNDM(Solver):
     """
 
     def __init__(self, noise_schedule, order: int = 4, variable_step: bool = False, **options: Any) -> None:
-        self.thresholding = parse_thresholding_options(options)
         super().__init__(noise_schedule, **options)
         self.order = check_int_range("order", order, 1, 4)
         if not isinstance(variable_step, bool):
@@ -101,10 +109,9 @@ class IPNDM(Solver):
         n = delta.numel()
         if self.variable_step:
             return [split(torch.stack([delta[i] * w for w in ws]), like) for i, ws in enumerate(self.step_weights(edm))]
-        rows = [list(AB_COEFFICIENTS[min(self.order, i + 1)]) for i in range(n)]
-        table = torch.tensor([r + [0.0] * (self.order - len(r)) for r in rows], dtype=delta.dtype, device=delta.device)
-        flat = split((delta[:, None] * table).reshape(-1), like)
-        return [flat[i * self.order : i * self.order + len(rows[i])] for i in range(n)]
+        table, lengths = _ab_table(n, self.order)
+        flat = split((delta[:, None] * table.to(dtype=delta.dtype, device=delta.device)).reshape(-1), like)
+        return [flat[i * self.order : i * self.order + lengths[i]] for i in range(n)]
 
     def _sample(
         self,
@@ -112,27 +119,25 @@ class IPNDM(Solver):
         x: torch.Tensor,
         timesteps: torch.Tensor,
         model_timesteps: torch.Tensor,
-        callback: Callback,
-        traj: Optional[List[torch.Tensor]],
+        step_done: StepHook,
     ) -> torch.Tensor:
         g, ratio, delta = edm_step_coefficients(self.noise_schedule, timesteps)
         r = split(ratio, x)
         coeffs = self._step_coefficients(g.edm, delta, x)
         t_in = per_sample(model_timesteps, x.shape[0])
+        thr = self.thresholding.thresholding  # hoisted: the loop runs once per network call
         buffer: List[torch.Tensor] = []  # newest first, at most order - 1 past evaluations kept
         for i in range(len(r)):
             eps = model_fn(x, t_in[i])
-            if self.thresholding.thresholding:
+            if thr:
                 eps = threshold_noise(eps, x, g.alpha[i], g.sigma[i], self.thresholding)
             buffer.insert(0, eps)
             x = r[i] * x
             for c, e in zip(coeffs[i], buffer, strict=True):
                 x = x.addcmul_(c, e)
             del buffer[self.order - 1 :]
-            if traj is not None:
-                traj.append(x)
-            if callback is not None:
-                callback(i + 1, timesteps[i + 1], x)
+            if step_done is not None:
+                step_done(i + 1, x)
         return x
 
     def describe(self) -> dict:

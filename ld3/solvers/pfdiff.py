@@ -38,13 +38,12 @@ taken at the log-SNR midpoint of the model times (equal to the integration midpo
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List
 
 import torch
 
-from ld3.solvers.base import Callback, ModelFn, Solver, register_solver
+from ld3.solvers.base import ModelFn, Solver, StepHook, register_solver
 from ld3.solvers.common import check_choice, check_int_range, grid_quantities, per_sample, split, threshold_noise
-from ld3.solvers.thresholding import parse_thresholding_options
 
 
 @register_solver("pfdiff")
@@ -62,7 +61,6 @@ class PFDiff(Solver):
     BASES = {"ddim": 1, "dpm_solver_2": 2}
 
     def __init__(self, noise_schedule, k: int = 1, h: int = 1, base: str = "ddim", **options: Any) -> None:
-        self.thresholding = parse_thresholding_options(options)
         super().__init__(noise_schedule, **options)
         self.k = check_int_range("k", k, 1, 3)
         self.h = check_int_range("h", h, 1, self.k)
@@ -104,8 +102,7 @@ class PFDiff(Solver):
         x: torch.Tensor,
         timesteps: torch.Tensor,
         model_timesteps: torch.Tensor,
-        callback: Callback,
-        traj: Optional[List[torch.Tensor]],
+        step_done: StepHook,
     ) -> torch.Tensor:
         ns = self.noise_schedule
         g = grid_quantities(ns, timesteps)
@@ -129,10 +126,8 @@ class PFDiff(Solver):
             return threshold_noise(eps, x_s, a_s, s_s, thr) if thr is not None else eps
 
         def emit(idx: int, x_new):
-            if traj is not None:
-                traj.append(x_new)
-            if callback is not None:
-                callback(idx, timesteps[idx], x_new)
+            if step_done is not None:
+                step_done(idx, x_new)
 
         alpha, sigma = g.alpha.unbind(0), g.sigma.unbind(0)
         starts = [0] + [blk[0] for blk in blocks]

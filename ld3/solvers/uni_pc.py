@@ -26,14 +26,13 @@ NFE = N = len(timesteps) - 1. With the corrector, UniPC-p is of order p + 1.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 
 from ld3.solvers._multistep import check_bool, lagrange_weights, multistep_orders, select_rows, shifted
-from ld3.solvers.base import Callback, ModelFn, Solver, register_solver
+from ld3.solvers.base import ModelFn, Solver, StepHook, register_solver
 from ld3.solvers.common import check_choice, check_int_range, grid_quantities, per_sample
-from ld3.solvers.thresholding import parse_thresholding_options
 
 VARIANTS = ("bh1", "bh2")
 
@@ -61,7 +60,6 @@ class UniPC(Solver):
         corrector: bool = True,
         **options: Any,
     ) -> None:
-        self.thresholding = parse_thresholding_options(options)
         super().__init__(noise_schedule, **options)
         self.order = check_int_range("order", order, 1, 3)
         check_choice("variant", variant, VARIANTS)
@@ -120,8 +118,7 @@ class UniPC(Solver):
         x: torch.Tensor,
         timesteps: torch.Tensor,
         model_timesteps: torch.Tensor,
-        callback: Callback,
-        traj: Optional[List[torch.Tensor]],
+        step_done: StepHook,
     ) -> torch.Tensor:
         c, wp, wc, g = self.coefficients(timesteps)
         n_steps = len(c)
@@ -152,10 +149,8 @@ class UniPC(Solver):
                 else:
                     x = x_pred
                 ms = (ms + [m_new])[-self.order :]
-            if traj is not None:
-                traj.append(x)
-            if callback is not None:
-                callback(i + 1, timesteps[i + 1], x)
+            if step_done is not None:
+                step_done(i + 1, x)
         return x
 
     def describe(self) -> Dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from ld3.models.analytic import AnalyticGMM
 from ld3.models.zoo import LoadedModel, register_model
-from ld3.schedules import ddpm_linear_betas, make_schedule
+from ld3.schedules import make_schedule
 
 
 @register_model("analytic_gmm")
@@ -21,10 +21,7 @@ def load_analytic_gmm(
     **_: Any,
 ) -> LoadedModel:
     """A random Gaussian mixture in R^dim under ``schedule`` (DDPM linear betas for vp_discrete)."""
-    opts = dict(schedule_options or {})
-    if schedule == "vp_discrete" and "betas" not in opts and "alphas_cumprod" not in opts:
-        opts["betas"] = ddpm_linear_betas()
-    ns = make_schedule(schedule, **opts)
+    ns = make_schedule(schedule, **dict(schedule_options or {}))
     gmm = AnalyticGMM.random(ns, dim=dim, n_components=n_components, seed=seed, diagonal=diagonal)
     return LoadedModel(
         name="analytic_gmm",
