@@ -274,7 +274,9 @@ class SongUNet(nn.Module):
             else:
                 self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **blk)
                 if encoder_type == "skip":
-                    self.enc[f"{res}x{res}_aux_down"] = Conv2d(caux, caux, 0, down=True, resample_filter=resample_filter)
+                    self.enc[f"{res}x{res}_aux_down"] = Conv2d(
+                        caux, caux, 0, down=True, resample_filter=resample_filter
+                    )
                     self.enc[f"{res}x{res}_aux_skip"] = Conv2d(caux, cout, 1)
                 if encoder_type == "residual":
                     self.enc[f"{res}x{res}_aux_residual"] = Conv2d(
@@ -471,7 +473,11 @@ class _Precond(nn.Module):
         raise NotImplementedError
 
     def forward(
-        self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None, force_fp32: bool = False
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        class_labels: Optional[torch.Tensor] = None,
+        force_fp32: bool = False,
     ) -> torch.Tensor:
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma).to(device=x.device, dtype=torch.float32).reshape(-1, 1, 1, 1)
@@ -517,7 +523,7 @@ class EDMPrecond(_Precond):
 
 class VPPrecond(_Precond):
     """Variance-preserving preconditioning (Karras et al. 2022, Table 1, "VP"): c_skip = 1, c_out = -sigma,
-    c_in = 1/sqrt(sigma^2 + 1), c_noise = (M - 1) t(sigma) with sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)."""
+    c_in = 1/sqrt(sigma^2 + 1), c_noise = (M - 1) t(sigma), sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)."""
 
     def __init__(
         self,
@@ -534,8 +540,9 @@ class VPPrecond(_Precond):
     ) -> None:
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, **model_kwargs)
         self.beta_d, self.beta_min, self.M, self.epsilon_t = beta_d, beta_min, M, epsilon_t
-        self.sigma_min = float(self.sigma(epsilon_t))
-        self.sigma_max = float(self.sigma(1))
+        # plain floats (also under a meta-device context)
+        self.sigma_min = math.sqrt(math.expm1(0.5 * beta_d * epsilon_t**2 + beta_min * epsilon_t))
+        self.sigma_max = math.sqrt(math.expm1(0.5 * beta_d + beta_min))
 
     def sigma(self, t: Any) -> torch.Tensor:
         t = torch.as_tensor(t)

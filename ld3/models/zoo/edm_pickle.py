@@ -21,7 +21,7 @@ import collections
 import io
 import pickle
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
