@@ -155,7 +155,8 @@ def _check_label_values(labels: Any, label_dim: int, what: str) -> None:
 
 
 def _fetch_hint(file: Path) -> str:
-    return f"fetch it again with `bash {DOWNLOAD_SCRIPT} edm` (or point options.path at a good copy of {file.name})"
+    group = "edm-ve" if file.name.endswith("-ve.pkl") else "edm"
+    return f"fetch it again with `bash {DOWNLOAD_SCRIPT} {group}` (or point options.path at a good copy of {file.name})"
 
 
 def _prepare_edm_repo(edm_repo: PathLike) -> Path:
@@ -277,7 +278,9 @@ def load_edm(
         raise ValueError(
             f"unknown option(s) {sorted(unknown)} for model 'edm'; allowed: {sorted(_LOAD_EDM_OPTIONS)}"
         )
-    file = resolve_weights_path(path, checkpoint, weights_dir, "EDM network pickle", "edm", want_dir=False)
+    requested = Path(str(path if path is not None else checkpoint or "")).name
+    group = "edm-ve" if requested.endswith("-ve.pkl") else "edm"
+    file = resolve_weights_path(path, checkpoint, weights_dir, "EDM network pickle", group, want_dir=False)
     if file.stat().st_size == 0:
         raise ValueError(f"EDM network pickle {str(file)!r} is empty; {_fetch_hint(file)}")
     if sha256 is not None:
