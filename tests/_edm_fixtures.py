@@ -47,12 +47,20 @@ CASES = ["ddpmpp_edm_uncond", "ddpmpp_vp_cond", "ncsnpp_edm_cond", "ncsnpp_skip_
 PLACEHOLDER_SRC = "# (module source of training/networks.py would be embedded here)\n"
 
 
-def rule_param(i: int, shape) -> torch.Tensor:
-    """Deterministic weights: sin(0.7371 k + 1.3 i + 0.1) scaled by 1/sqrt(fan_in) (0.2 for vectors)."""
+def rule_param(i: int, shape, key: str = "") -> torch.Tensor:
+    """Deterministic pseudo-random weights for the i-th parameter, exact in integer arithmetic (so bit-identical
+    everywhere): a multiplicative hash of the flat index k, h = mix(k * 2654435761 + (i + 1) * 97531) mod 2^32,
+    mapped to u in [-1, 1) and scaled to variance 1/fan_in (0.3 u for vectors); attention ``qkv`` and ``proj``
+    weights x4, so that attention maps are far from uniform and matter for the output."""
     n = int(np.prod(shape)) if len(shape) else 1
-    v = torch.sin(torch.arange(n, dtype=torch.float64) * 0.7371 + 1.3 * i + 0.1)
-    scale = 1.0 / math.sqrt(n // shape[0]) if len(shape) >= 2 else 0.2
-    return (v * scale).reshape(shape).to(torch.float32)
+    k = torch.arange(n, dtype=torch.int64)
+    h = (k * 2654435761 + (i + 1) * 97531) % 4294967296
+    h = ((h ^ (h >> 13)) * 1274126177) % 4294967296
+    u = h.to(torch.float64) / 4294967296.0 * 2 - 1
+    scale = math.sqrt(3.0 / (n // shape[0])) if len(shape) >= 2 else 0.3
+    if key.endswith("qkv.weight") or key.endswith("proj.weight"):
+        scale *= 4.0
+    return (u * scale).reshape(shape).to(torch.float32)
 
 
 def load_case(case: str) -> tuple[dict, dict]:
@@ -135,7 +143,7 @@ def write_snapshot(case: str, path: Path, module_src: str = PLACEHOLDER_SRC, ove
     ``extra`` adds / replaces top-level snapshot entries.
     """
     meta, t = load_case(case)
-    params = {k: rule_param(i, tuple(s)) for i, (k, s) in enumerate(meta["param_keys"])}
+    params = {k: rule_param(i, tuple(s), k) for i, (k, s) in enumerate(meta["param_keys"])}
     buffers = {k[len("buffer."):]: v for k, v in t.items() if k.startswith("buffer.")}
     pkg, mod = _fake_persistence_module()
     saved = {k: sys.modules.get(k) for k in ("torch_utils", "torch_utils.persistence")}
