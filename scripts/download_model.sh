@@ -41,7 +41,9 @@ usage() {
 usage: download_model.sh [--list] [--dry-run] [--with-sd] [--cache DIR] [GROUP ...]
 
 Groups (default: edm fid-refs lpips inception):
-  edm        NVIDIA EDM pickles: cifar10-32x32, afhqv2-64x64, ffhq-64x64 (uncond VP), imagenet-64x64 (cond ADM)
+  edm        NVIDIA EDM pickles: cifar10-32x32 (uncond, cond), afhqv2-64x64, ffhq-64x64 (uncond) DDPM++ ("vp"),
+             imagenet-64x64 (cond ADM)
+  edm-ve     NVIDIA EDM NCSN++ ("ve") pickles: cifar10-32x32 (uncond, cond), afhqv2-64x64, ffhq-64x64 (opt-in)
   fid-refs   FID reference statistics cifar10-32x32, afhqv2-64x64, ffhq-64x64, imagenet-64x64 (.npz)
   lpips      torchvision VGG-16 and AlexNet ImageNet weights (LPIPS trunks)
   inception  torch-fidelity's Inception-v3 weights (FID features)
@@ -82,7 +84,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-ALL_GROUPS="edm fid-refs lpips inception sd ddpm adm ldm"
+ALL_GROUPS="edm edm-ve fid-refs lpips inception sd ddpm adm ldm"
 if [ ${#GROUPS_SEL[@]} -eq 0 ]; then
     GROUPS_SEL=(edm fid-refs lpips inception)
 fi
@@ -106,10 +108,18 @@ LDM_URL="https://ommer-lab.com/files/latent-diffusion"
 
 # group|url|destination|known sha256 prefix ("-": unknown)|link to create ("-": none)
 FILES=(
+    # EDM pickles (NVlabs/edm README): NVIDIA publishes no checksums and none could be verified offline, so no
+    # sha256 is pinned ("-"): the first download's sha256 is recorded in SHA256SUMS and re-checked later.
+    # ld3's loader reads them safely (allow-list unpickler, no code from the file runs) whatever their content.
     "edm|$EDM_URL/pretrained/edm-cifar10-32x32-uncond-vp.pkl|$WEIGHTS/edm-cifar10-32x32-uncond-vp.pkl|-|-"
+    "edm|$EDM_URL/pretrained/edm-cifar10-32x32-cond-vp.pkl|$WEIGHTS/edm-cifar10-32x32-cond-vp.pkl|-|-"
     "edm|$EDM_URL/pretrained/edm-afhqv2-64x64-uncond-vp.pkl|$WEIGHTS/edm-afhqv2-64x64-uncond-vp.pkl|-|-"
     "edm|$EDM_URL/pretrained/edm-ffhq-64x64-uncond-vp.pkl|$WEIGHTS/edm-ffhq-64x64-uncond-vp.pkl|-|-"
     "edm|$EDM_URL/pretrained/edm-imagenet-64x64-cond-adm.pkl|$WEIGHTS/edm-imagenet-64x64-cond-adm.pkl|-|-"
+    "edm-ve|$EDM_URL/pretrained/edm-cifar10-32x32-uncond-ve.pkl|$WEIGHTS/edm-cifar10-32x32-uncond-ve.pkl|-|-"
+    "edm-ve|$EDM_URL/pretrained/edm-cifar10-32x32-cond-ve.pkl|$WEIGHTS/edm-cifar10-32x32-cond-ve.pkl|-|-"
+    "edm-ve|$EDM_URL/pretrained/edm-afhqv2-64x64-uncond-ve.pkl|$WEIGHTS/edm-afhqv2-64x64-uncond-ve.pkl|-|-"
+    "edm-ve|$EDM_URL/pretrained/edm-ffhq-64x64-uncond-ve.pkl|$WEIGHTS/edm-ffhq-64x64-uncond-ve.pkl|-|-"
     "fid-refs|$EDM_URL/fid-refs/cifar10-32x32.npz|$FIDREFS/cifar10-32x32.npz|-|-"
     "fid-refs|$EDM_URL/fid-refs/afhqv2-64x64.npz|$FIDREFS/afhqv2-64x64.npz|-|-"
     "fid-refs|$EDM_URL/fid-refs/ffhq-64x64.npz|$FIDREFS/ffhq-64x64.npz|-|-"

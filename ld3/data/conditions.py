@@ -121,7 +121,9 @@ def plan_conditions(cfg: Any, model: Any) -> ConditionPlan:
         return ConditionPlan("prompts", prompts=prompts, uncond_prompt="" if guidance == "classifier-free" else None)
     labels = cfg.labels
     if labels is None:
-        if guidance in GUIDED and num_classes:
+        if num_classes and (guidance in GUIDED or null_class is None):
+            # guided, or a class-conditional network without a null class (EDM / ADM conditional
+            # models sampled without guidance need a label): uniform random labels per seed
             labels = "uniform"
         elif guidance in GUIDED:
             raise ValueError(

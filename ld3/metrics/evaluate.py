@@ -121,7 +121,8 @@ def evaluate_fid(
         feature_fn, ref_stats, reference_images, reference_split, reference_cache
     )
     guidance_type = guidance_type or model.default_guidance
-    conditional = guidance_type != "uncond" and model.num_classes
+    # class-conditional networks without a null class always need labels (EDM / ADM conditional models)
+    conditional = bool(model.num_classes) and (guidance_type != "uncond" or model.null_class is None)
     stats = FeatureStats()
     first_images = None
     t0 = time.perf_counter()

@@ -1,23 +1,25 @@
 """Zoo loader ``edm``: NVIDIA EDM network pickles (Karras et al. 2022, "Elucidating the Design Space of
 Diffusion-Based Generative Models"; github NVlabs/edm).
 
-The published pickles (``edm-cifar10-32x32-uncond-vp.pkl``, ``edm-afhqv2-64x64-uncond-vp.pkl``,
-``edm-ffhq-64x64-uncond-vp.pkl``, ``edm-imagenet-64x64-cond-adm.pkl``) are dicts whose ``'ema'`` entry is
+The published pickles (``edm-{cifar10-32x32,afhqv2-64x64,ffhq-64x64}-uncond-{vp,ve}.pkl``,
+``edm-cifar10-32x32-cond-{vp,ve}.pkl``, ``edm-imagenet-64x64-cond-adm.pkl``) are dicts whose ``'ema'`` entry is
 an ``EDMPrecond`` module called as ``net(x, sigma, class_labels)``; it returns the denoiser
 D(x; sigma) = c_skip x + c_out F(c_in x; c_noise), an x_0 prediction with t = sigma (alpha = 1).
 Hence ``model_type='x_start'`` and, through :func:`ld3.model_wrapper`, eps = (x - D(x)) / sigma.
 The noise schedule is :class:`~ld3.schedules.NoiseScheduleEDM` with sigma in [0.002, 80] (the range
 used by EDM's sampler and by LD3, github vinhsuhi/LD3 ``models/edm_uncond.py``).
 
-The pickles store their classes by reference to NVIDIA's source tree (``dnnlib``, ``torch_utils``,
-``training``; ``torch_utils.persistence`` rebuilds the network classes), so that tree must be importable:
-give its location as ``edm_repo`` (or the ``EDM_REPO`` environment variable). Unpickling runs code from
-the file: only load pickles you trust.
+Loading is safe by default: :mod:`ld3.models.zoo.edm_pickle` reads the pickle with an allow-list unpickler
+that recovers each stored class name, ``init_kwargs`` and tensor as data (the module source that EDM's
+``torch_utils.persistence`` embeds is never executed, and no NVIDIA code is needed); the network is then
+rebuilt from the project's own modules (:mod:`ld3.models.zoo.edm_networks`: ``SongUNet`` DDPM++/NCSN++,
+``DhariwalUNet`` ADM; ``EDMPrecond``, ``VPPrecond``, ``VEPrecond``) and its state dict loaded strictly.
+``edm_repo`` (a checkout of NVlabs/edm) is an explicit opt-in for trusted files of other variants: it
+unpickles with NVIDIA's code, which runs code from the file.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 from pathlib import Path
@@ -27,7 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from ld3.models.zoo import LoadedModel, register_model
-from ld3.models.zoo._weights import PathLike, resolve_weights_path
+from ld3.models.zoo._weights import DOWNLOAD_SCRIPT, PathLike, resolve_weights_path
+from ld3.models.zoo.edm_networks import NETWORK_CLASSES, build_network
+from ld3.models.zoo.edm_pickle import (
+    PersistentRecord,
+    UnsafePickleError,
+    iter_records,
+    record_state_dict,
+    safe_load_edm_pickle,
+)
 from ld3.schedules import NoiseScheduleEDM
 from ld3.utils import resolve_device, sha256_file
 
@@ -38,10 +48,19 @@ EDM_REPO_URL = "https://github.com/NVlabs/edm"
 #: the published pickles (what ``scripts/download_model.sh edm`` fetches)
 EDM_CHECKPOINTS = {
     "cifar10": "edm-cifar10-32x32-uncond-vp.pkl",
+    "cifar10_cond": "edm-cifar10-32x32-cond-vp.pkl",
     "afhqv2": "edm-afhqv2-64x64-uncond-vp.pkl",
     "ffhq": "edm-ffhq-64x64-uncond-vp.pkl",
     "imagenet64": "edm-imagenet-64x64-cond-adm.pkl",
+    "cifar10_ve": "edm-cifar10-32x32-uncond-ve.pkl",
+    "cifar10_cond_ve": "edm-cifar10-32x32-cond-ve.pkl",
+    "afhqv2_ve": "edm-afhqv2-64x64-uncond-ve.pkl",
+    "ffhq_ve": "edm-ffhq-64x64-uncond-ve.pkl",
 }
+
+#: persistent classes besides the networks' that EDM snapshots hold (``loss_fn``, ``augment_pipe``); their
+#: records are kept as inert data and never instantiated
+AUXILIARY_CLASSES = ("EDMLoss", "VPLoss", "VELoss", "AugmentPipe")
 
 _REQUIRED_ATTRS = ("img_resolution", "img_channels", "label_dim")
 
@@ -135,15 +154,18 @@ def _check_label_values(labels: Any, label_dim: int, what: str) -> None:
         raise ValueError(f"{what} values {bad[:4]} are invalid; allowed: integers in [0, {label_dim})")
 
 
-def _prepare_edm_repo(edm_repo: PathLike | None) -> Path | None:
+def _fetch_hint(file: Path) -> str:
+    group = "edm-ve" if file.name.endswith("-ve.pkl") else "edm"
+    return f"fetch it again with `bash {DOWNLOAD_SCRIPT} {group}` (or point options.path at a good copy of {file.name})"
+
+
+def _prepare_edm_repo(edm_repo: PathLike) -> Path:
     """Check ``edm_repo`` and put it first on ``sys.path`` (it stays there: pickled classes may import lazily)."""
-    if edm_repo is None:
-        return None
     repo = Path(edm_repo).expanduser().resolve()
     if not repo.is_dir():
         raise FileNotFoundError(
             f"options.edm_repo={str(edm_repo)!r} is not a directory; clone NVIDIA's EDM source tree "
-            f"({EDM_REPO_URL}) and point edm_repo (or $EDM_REPO) at it"
+            f"({EDM_REPO_URL}) and point edm_repo at it, or leave edm_repo unset to use the safe loader"
         )
     missing = [m for m in EDM_MODULES if not (repo / m).is_dir()]
     if missing:
@@ -156,28 +178,74 @@ def _prepare_edm_repo(edm_repo: PathLike | None) -> Path | None:
     return repo
 
 
-def unpickle_edm(path: PathLike, edm_repo: PathLike | None = None) -> dict:
-    """Load an EDM network pickle (a dict with key ``'ema'``), with a clear error if EDM's code is missing."""
+def _check_snapshot(data: Any, file: Path) -> None:
+    if not isinstance(data, dict) or "ema" not in data:
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{str(file)!r} is not an EDM network pickle: expected a dict with key 'ema', found {found}")
+
+
+def unpickle_edm_trusted(path: PathLike, edm_repo: PathLike) -> dict:
+    """Unpickle with NVIDIA's own code from ``edm_repo`` (runs code from the file: trusted files only)."""
     repo = _prepare_edm_repo(edm_repo)
     try:
         with open(path, "rb") as f:
             data = pickle.load(f)
     except ModuleNotFoundError as e:
-        where = (
-            f"options.edm_repo={str(repo)!r} does not provide it"
-            if repo is not None
-            else "options.edm_repo is not set (nor $EDM_REPO)"
-        )
         raise ModuleNotFoundError(
             f"unpickling the EDM network {str(path)!r} needs NVIDIA's EDM source tree (modules "
-            f"{', '.join(EDM_MODULES)}) on sys.path, but module {e.name!r} cannot be imported: {where}. "
-            f"Clone {EDM_REPO_URL} and set options.edm_repo=/path/to/edm (or export EDM_REPO=/path/to/edm).",
+            f"{', '.join(EDM_MODULES)}), but module {e.name!r} cannot be imported from "
+            f"options.edm_repo={str(repo)!r}. Clone {EDM_REPO_URL} and set options.edm_repo=/path/to/edm.",
             name=e.name,
         ) from e
-    if not isinstance(data, dict) or "ema" not in data:
-        found = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{str(path)!r} is not an EDM network pickle: expected a dict with key 'ema', found {found}")
+    _check_snapshot(data, Path(path))
     return data
+
+
+def unpickle_edm_safe(path: PathLike) -> dict:
+    """Read an EDM snapshot as data (see :mod:`ld3.models.zoo.edm_pickle`); entries stay records."""
+    file = Path(path)
+    try:
+        with open(file, "rb") as f:
+            data = safe_load_edm_pickle(f)
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{str(file)!r}: {e}") from None
+    except (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise ValueError(
+            f"{str(file)!r} is truncated or not an EDM network pickle ({type(e).__name__}: {e}); {_fetch_hint(file)}"
+        ) from e
+    _check_snapshot(data, file)
+    allowed = set(NETWORK_CLASSES) | set(AUXILIARY_CLASSES)
+    for key, value in data.items():
+        for where, rec in iter_records(value, str(key)):
+            if isinstance(rec, PersistentRecord) and rec.class_name not in allowed:
+                raise UnsafePickleError(
+                    f"{str(file)!r}: persistent class {rec.class_name!r} at {where!r} is not on the EDM safe loader's "
+                    f"allow-list {sorted(allowed)}; nothing from the file was run. For a trusted file of another "
+                    f"variant pass edm_repo=<NVlabs/edm checkout>"
+                )
+    return data
+
+
+def network_from_record(rec: Any, file: PathLike = "<pickle>") -> torch.nn.Module:
+    """Rebuild the project's own module from the ``ema`` record and load its tensors strictly."""
+    if not isinstance(rec, PersistentRecord):
+        raise ValueError(f"{str(file)!r}: data['ema'] is a {type(rec).__name__}, expected an EDM persistent network")
+    kwargs = rec.init_kwargs
+    if not isinstance(kwargs, dict) or rec.init_args not in (None, (), []):
+        raise ValueError(
+            f"{str(file)!r}: the {rec.class_name} record has init_args={rec.init_args!r}, init_kwargs of type "
+            f"{type(kwargs).__name__}; expected keyword arguments only"
+        )
+    with torch.device("meta"):
+        net = build_network(str(rec.class_name), dict(kwargs))
+    ours = {p: type(m).__name__ for p, m in net.named_modules() if type(m).__name__ in NETWORK_CLASSES}
+    stored = {p: r.class_name for p, r in iter_records(rec) if isinstance(r, PersistentRecord)}
+    if ours != stored:
+        diff = sorted(set(ours.items()) ^ set(stored.items()))[:6]
+        raise ValueError(f"{str(file)!r}: the stored module tree differs from {rec.class_name}(**init_kwargs): {diff}")
+    state = record_state_dict(rec)
+    net.load_state_dict(state, strict=True, assign=True)
+    return net
 
 
 @register_model("edm")
@@ -191,31 +259,44 @@ def load_edm(
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
     sha256: str | None = None,
+    **unknown: Any,
 ) -> LoadedModel:
     """Load an EDM pickle as a :class:`LoadedModel` (x_start prediction, t = sigma).
 
     Args:
         path: the ``.pkl`` file; or ``checkpoint``: its file name inside ``weights_dir``
             (default ``$LD3_CACHE/weights``; the configs pass ``${paths.weights}``).
-        edm_repo: NVIDIA's EDM source tree (default: ``$EDM_REPO``), needed to unpickle.
+        edm_repo: opt-in for trusted files the safe loader does not know: NVIDIA's EDM source tree, whose
+            code unpickles the file (running code from it). Default None: the safe loader.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         class_labels: default label(s) of a class-conditional network (an int for every sample, or one
             per sample), used when ``model_fn`` gets no condition.
         sigma_min, sigma_max: the time range of the :class:`NoiseScheduleEDM` (EDM: 0.002, 80).
-        sha256: if given, the file's checksum must match.
+        sha256: if given, the file's checksum must match (checked before anything is read).
     """
-    file = resolve_weights_path(path, checkpoint, weights_dir, "EDM network pickle", "edm", want_dir=False)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {sorted(unknown)} for model 'edm'; allowed: {sorted(_LOAD_EDM_OPTIONS)}"
+        )
+    requested = Path(str(path if path is not None else checkpoint or "")).name
+    group = "edm-ve" if requested.endswith("-ve.pkl") else "edm"
+    file = resolve_weights_path(path, checkpoint, weights_dir, "EDM network pickle", group, want_dir=False)
+    if file.stat().st_size == 0:
+        raise ValueError(f"EDM network pickle {str(file)!r} is empty; {_fetch_hint(file)}")
     if sha256 is not None:
         actual = sha256_file(file)
         if actual.lower() != str(sha256).lower():
-            raise ValueError(f"sha256 of {str(file)!r} is {actual}, expected {sha256}: corrupt or a different file")
-    if edm_repo is None:
-        edm_repo = os.environ.get("EDM_REPO") or None
+            raise ValueError(
+                f"sha256 of {str(file)!r} is {actual}, expected {sha256}: corrupt, truncated or a different file; "
+                f"{_fetch_hint(file)}"
+            )
     dev = resolve_device(device)
-    data = unpickle_edm(file, edm_repo)
-    net = data["ema"]
-    if not isinstance(net, torch.nn.Module):
-        raise ValueError(f"{str(file)!r}: data['ema'] is a {type(net).__name__}, expected a torch.nn.Module")
+    if edm_repo is not None:
+        net = unpickle_edm_trusted(file, edm_repo)["ema"]
+        if not isinstance(net, torch.nn.Module):
+            raise ValueError(f"{str(file)!r}: data['ema'] is a {type(net).__name__}, expected a torch.nn.Module")
+    else:
+        net = network_from_record(unpickle_edm_safe(file)["ema"], file)
     missing = [a for a in _REQUIRED_ATTRS if not hasattr(net, a)]
     if missing:
         raise ValueError(
@@ -245,6 +326,7 @@ def load_edm(
         default_guidance_scale=1.0,
         metadata={
             "path": str(file),
+            "loader": "safe" if edm_repo is None else "edm_repo",
             "edm_repo": None if edm_repo is None else str(edm_repo),
             "network_class": type(net).__name__,
             "img_resolution": res,
@@ -255,3 +337,8 @@ def load_edm(
             "num_parameters": sum(p.numel() for p in net.parameters()),
         },
     )
+
+
+_LOAD_EDM_OPTIONS = [
+    n for n in load_edm.__code__.co_varnames[: load_edm.__code__.co_argcount + load_edm.__code__.co_kwonlyargcount]
+]
