@@ -1,0 +1,37 @@
+"""Optional extras: a missing heavy dependency fails with one line that names the extra to install.
+
+The default path (the embedded digits model, analytic models, CPU) needs only the core dependencies of
+``pyproject.toml``. Everything else is an extra: ``zoo`` (diffusers, transformers, accelerate: Stable
+Diffusion and diffusers UNets), ``fid`` (lpips, torchvision, torchmetrics, torch-fidelity: LPIPS losses,
+Inception features, image grids of the FID tool), ``wandb``, ``slurm`` (Hydra's joblib and submitit
+launchers), ``all``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+#: extra -> the distributions it installs (kept in sync with pyproject.toml by tests/test_extras.py)
+EXTRAS = {
+    "zoo": ("diffusers", "transformers", "accelerate"),
+    "fid": ("lpips", "torchvision", "torchmetrics", "torch_fidelity"),
+    "wandb": ("wandb",),
+    "slurm": ("hydra_plugins.hydra_joblib_launcher", "hydra_plugins.hydra_submitit_launcher"),
+}
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message says which extra provides it."""
+
+
+def require(module: str, extra: str, feature: str) -> ModuleType:
+    """``import module`` or raise :class:`MissingExtraError` naming ``pip install -e '.[extra]'``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        top = module.split(".")[0]
+        raise MissingExtraError(
+            f"{feature} needs the optional package {top!r} ({e.__class__.__name__}: {e}); "
+            f"install it with: pip install -e '.[{extra}]'"
+        ) from None
