@@ -203,9 +203,11 @@ def entry_point(config_name: str, entry: str) -> Callable[[Callable[[Any], Any]]
         @functools.wraps(fn)
         def task(cfg: Any) -> Any:
             try:
-                validate_config(cfg, entry)  # again: -m jobs and programmatic calls skip the pre-check
+                plain = validate_config(cfg, entry)  # again: -m jobs and programmatic calls skip the pre-check
             except ConfigError as e:
                 report_error(e, prog, 2)
+            if plain.get("steps") != cfg.get("steps"):  # filled in (eval_fid: the NFE of a learned file)
+                cfg.steps = plain["steps"]
             apply_threads(cfg.get("threads", "auto"))
             try:
                 return fn(cfg)

@@ -163,12 +163,14 @@ def validate_config(cfg: Any, entry: str) -> Dict[str, Any]:
     check_threads(c.get("threads", "auto"))
     check_device(c.get("device", "auto"))
     check_int("seed", c.get("seed", 0), lo=0)
+    disc = c["discretization"]
+    check_discretization("discretization", disc.get("kind"), disc.get("options"))
+    if entry == "eval_fid":
+        c["steps"] = resolve_eval_steps(c)
     steps = check_int("steps", c.get("steps"))
     check_model(c["model"])
     solver = c["solver"]
     check_solver("solver", solver.get("name"), solver.get("options"), steps)
-    disc = c["discretization"]
-    check_discretization("discretization", disc.get("kind"), disc.get("options"))
     if entry == "main":
         _validate_main(c, steps)
     elif entry == "gen_data":
@@ -179,6 +181,29 @@ def validate_config(cfg: Any, entry: str) -> Dict[str, Any]:
         for k in ("save_grid", "progress"):
             check_bool(k, c.get(k, True))
     return c
+
+
+#: eval_fid.py's NFE when ``steps`` is null and the discretization is not a learned file
+DEFAULT_EVAL_STEPS = 10
+
+
+def resolve_eval_steps(c: Mapping[str, Any]) -> Any:
+    """eval_fid.py's ``steps``: a learned file's NFE when null (a different explicit value is an error)."""
+    steps = c.get("steps")
+    disc = c["discretization"]
+    if disc.get("kind") != "learned":
+        return DEFAULT_EVAL_STEPS if steps is None else steps
+    from ld3.discretizations import load
+
+    path = disc["options"]["path"]
+    try:
+        nfe = load(path).nfe
+    except (ValueError, KeyError, OSError) as e:
+        raise ConfigError(f"discretization.options.path={path!r}: cannot read it ({_one_line(e)})") from None
+    if steps is not None and nfe is not None and steps != nfe:
+        raise ConfigError(f"steps={steps!r} but {path} holds a grid for NFE {nfe}; leave steps out (the NFE comes "
+                          "from the file)")
+    return nfe if steps is None else steps
 
 
 def _validate_main(c: Dict[str, Any], steps: int) -> None:

@@ -27,7 +27,7 @@ DEFAULT_TOTAL_SAMPLES = 100
 IMG_SPACES = ("pixel", "latent")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 #: keys of a Hydra config that are not generation options (ignored here)
-FOREIGN_KEYS = ("paths", "logger", "hydra")
+FOREIGN_KEYS = ("paths", "logger", "hydra", "threads")
 #: solver options that make a solver stochastic; teacher data must be deterministic per sample
 _STOCHASTIC_OPTIONS = ("eta", "s_churn")
 

@@ -37,6 +37,7 @@ from ld3.learners.ld3 import (
     split_data,
 )
 from ld3.learners.losses import get_loss
+from ld3.utils.console import TqdmLoggingHandler
 from ld3.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("ld3.learner")
@@ -84,7 +85,7 @@ def _setup_file_log(run_dir: Path) -> logging.Handler:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     if not any(isinstance(h, logging.StreamHandler) and getattr(h, "_ld3", False) for h in log.handlers):
-        sh = logging.StreamHandler(sys.stdout)
+        sh = TqdmLoggingHandler(sys.stdout)  # lines above the progress bar, not through it
         sh.setFormatter(logging.Formatter("[ld3] %(message)s"))
         sh.setLevel(logging.INFO)
         sh._ld3 = True  # type: ignore[attr-defined]
@@ -239,9 +240,14 @@ def run_ld3(
     if run_dir.exists() and (run_dir / "fingerprint.json").is_file():
         old = json.loads((run_dir / "fingerprint.json").read_text())
         if old.get("fingerprint") != fp:
+            from ld3.data.config import diff_identity
+
+            diffs = diff_identity(old.get("inputs") or {}, json.loads(json.dumps(fp_obj, default=str)))
             raise ValueError(
-                f"run directory {run_dir} was made with a different configuration (fingerprint "
-                f"{old.get('fingerprint')} != {fp}); delete it or set learner.log_path elsewhere"
+                f"run directory {run_dir} was made with a different configuration ("
+                + ("; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else "") if diffs else f"fingerprint "
+                   f"{old.get('fingerprint')} != {fp}")
+                + "); delete it or set learner.log_path elsewhere"
             )
     if result_path.is_file():
         res = json.loads(result_path.read_text())

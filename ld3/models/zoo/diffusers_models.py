@@ -245,6 +245,10 @@ def _check_sd_dir(root: Path) -> None:
 
 
 def _load_sd_components(root: Path, torch_dtype: torch.dtype, variant: str | None) -> Dict[str, Any]:
+    from ld3.utils.extras import require
+
+    require("diffusers", "zoo", "Stable Diffusion models")
+    require("transformers", "zoo", "Stable Diffusion models")
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -270,7 +274,10 @@ def _load_sd_single_file(file: Path, config_dir: PathLike | None, torch_dtype: t
     cfg = Path(config_dir).expanduser()
     if not (cfg / "model_index.json").is_file():
         raise MissingModelError(f"options.single_file_config={str(cfg)!r} has no model_index.json")
-    from diffusers import StableDiffusionPipeline
+    from ld3.utils.extras import require
+
+    diffusers = require("diffusers", "zoo", "Stable Diffusion single-file checkpoints")
+    StableDiffusionPipeline = diffusers.StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_single_file(
         str(file),
@@ -464,7 +471,9 @@ def load_diffusers_unet(
         sched_path = next((c for c in cands if c.is_file()), cands[0])
     sched_cfg = _read_json(sched_path, "scheduler config (the training betas)")
 
-    from diffusers import UNet2DModel
+    from ld3.utils.extras import require
+
+    UNet2DModel = require("diffusers", "zoo", "diffusers UNet models").UNet2DModel
 
     unet = UNet2DModel.from_pretrained(
         root, subfolder=subfolder, torch_dtype=torch_dtype, local_files_only=True, variant=variant
