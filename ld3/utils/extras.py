@@ -32,6 +32,6 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
     except ImportError as e:
         top = module.split(".")[0]
         raise MissingExtraError(
-            f"{feature} needs the optional package {top!r} ({e.__class__.__name__}: {e}); "
-            f"install it with: pip install -e '.[{extra}]'"
+            f"{feature}: the optional package {top!r} is not installed ({e}); "
+            f"install the {extra!r} extra: pip install -e '.[{extra}]'"
         ) from None

@@ -296,6 +296,14 @@ def _load_sd_single_file(file: Path, config_dir: PathLike | None, torch_dtype: t
     }
 
 
+def require_zoo_extra(feature: str) -> None:
+    """Fail first, with one line naming the ``zoo`` extra, when diffusers / transformers are missing."""
+    from ld3.utils.extras import require
+
+    for mod in ("diffusers", "transformers"):
+        require(mod, "zoo", feature)
+
+
 @register_model("stable_diffusion")
 def load_stable_diffusion(
     path: PathLike | None = None,
@@ -326,6 +334,7 @@ def load_stable_diffusion(
         clamp_decoded: clamp decoded pixels to [-1, 1].
         vae_slicing: decode one image at a time (saves memory at 512x512).
     """
+    require_zoo_extra("Stable Diffusion models")
     if height is not None and width is None or width is not None and height is None:
         raise ValueError(f"give both height and width or neither, got height={height}, width={width}")
     torch_dtype = _dtype(dtype)
@@ -452,7 +461,8 @@ def load_diffusers_unet(
         class_labels: default class of a class-conditional UNet (``num_class_embeds``) when none is given.
         null_class: the label a class-conditional UNet was trained with as "unconditional", if any
             (enables classifier-free guidance with ``guidance_scale``).
-    """
+        require_zoo_extra("diffusers UNet models")
+"""
     torch_dtype = _dtype(dtype)
     dev = resolve_device(device)
     root = resolve_weights_path(
