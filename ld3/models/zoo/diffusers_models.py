@@ -461,7 +461,7 @@ def load_diffusers_unet(
         class_labels: default class of a class-conditional UNet (``num_class_embeds``) when none is given.
         null_class: the label a class-conditional UNet was trained with as "unconditional", if any
             (enables classifier-free guidance with ``guidance_scale``).
-        """
+    """
     require_zoo_extra("diffusers UNet models")
     torch_dtype = _dtype(dtype)
     dev = resolve_device(device)
