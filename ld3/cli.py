@@ -208,6 +208,8 @@ def entry_point(config_name: str, entry: str) -> Callable[[Callable[[Any], Any]]
                 report_error(e, prog, 2)
             if plain.get("steps") != cfg.get("steps"):  # filled in (eval_fid: the NFE of a learned file)
                 cfg.steps = plain["steps"]
+            if plain["discretization"].get("kind") == "learned":  # a wildcard path, expanded
+                cfg.discretization.options.path = plain["discretization"]["options"]["path"]
             apply_threads(cfg.get("threads", "auto"))
             try:
                 return fn(cfg)

@@ -164,6 +164,8 @@ def validate_config(cfg: Any, entry: str) -> Dict[str, Any]:
     check_device(c.get("device", "auto"))
     check_int("seed", c.get("seed", 0), lo=0)
     disc = c["discretization"]
+    if disc.get("kind") == "learned":
+        disc["options"]["path"] = expand_path_pattern(disc.get("options", {}).get("path"))
     check_discretization("discretization", disc.get("kind"), disc.get("options"))
     if entry == "eval_fid":
         c["steps"] = resolve_eval_steps(c)
@@ -181,6 +183,19 @@ def validate_config(cfg: Any, entry: str) -> Dict[str, Any]:
         for k in ("save_grid", "progress"):
             check_bool(k, c.get(k, True))
     return c
+
+
+def expand_path_pattern(path: Any) -> Any:
+    """A path with ``*``/``?`` wildcards -> the one existing file it matches (none or several: ConfigError)."""
+    if not isinstance(path, str) or not any(ch in path for ch in "*?["):
+        return path
+    import glob
+
+    hits = sorted(glob.glob(path))
+    if len(hits) != 1:
+        found = f"matches {len(hits)} files: {hits[:4]}" if hits else "matches no file"
+        raise ConfigError(f"discretization.options.path={path!r} {found}; give exactly one discretization.json")
+    return hits[0]
 
 
 #: eval_fid.py's NFE when ``steps`` is null and the discretization is not a learned file
