@@ -187,6 +187,10 @@ def validate_config(cfg: Any, entry: str) -> Dict[str, Any]:
 
 def expand_path_pattern(path: Any) -> Any:
     """A path with ``*``/``?`` wildcards -> the one existing file it matches (none or several: ConfigError)."""
+    if path in (None, "???"):
+        raise ConfigError("discretization=learned needs discretization.options.path=<a discretization.json of a "
+                          "main.py run> (a wildcard matching one file is fine: 'runs/digits/uni_pc-N6-*/"
+                          "discretization.json')")
     if not isinstance(path, str) or not any(ch in path for ch in "*?["):
         return path
     import glob
