@@ -135,6 +135,14 @@ def _has_key(d: Any, dotted: str) -> bool:
 
 def _suggest_key(key: str, keys: Sequence[str]) -> str:
     leaf = key.split(".")[-1]
+    parent = key.rsplit(".", 1)[0] if "." in key else None
+    if parent is not None and parent in keys:  # a known group or section: name its children
+        n = len(parent) + 1
+        children = [k[n:] for k in keys if k.startswith(parent + ".") and "." not in k[n:]]
+        close = difflib.get_close_matches(leaf, children, n=1, cutoff=0.6)
+        if close:
+            return f"; did you mean {parent + '.' + close[0]!r}?"
+        return f"; {parent} has: {', '.join(children) or 'no keys'}"
     by_leaf = [k for k in keys if k.split(".")[-1] == leaf and k != key]
     if by_leaf:
         return f"; did you mean {by_leaf[0]!r}?"
@@ -174,7 +182,15 @@ def check_overrides(config_name: str, overrides: Sequence[str], prog: str) -> Di
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=prog):
         group_overrides = [o.input_line for o in groups]
-        base = OmegaConf.to_container(compose(config_name, overrides=group_overrides), resolve=False)
+        try:
+            base = OmegaConf.to_container(compose(config_name, overrides=group_overrides), resolve=False)
+        except Exception as e:  # a group this entry point does not use (gen_data.py learner=ld3)
+            import re
+
+            m = re.search(r"Could not override '([^']+)'", str(e))
+            if m:
+                raise ConfigError(f"{m.group(1)!r} is not an option of {prog} (see {prog} --help)") from None
+            raise ConfigError(" ".join(str(e).split())) from None
         keys = _flat_keys(base)
         for o in values:
             if o.is_add() or o.is_force_add():

@@ -27,8 +27,10 @@ class ConfigError(ValueError):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    choices = [str(c) for c in choices]
+    lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(str(word).lower(), list(lower), n=1, cutoff=0.5)
+    return f"; did you mean {lower[close[0]]!r}?" if close else ""
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
