@@ -81,6 +81,17 @@ def apply_threads(setting: Any = "auto") -> int:
     return n
 
 
+def threads_arg(value: str) -> Any:
+    """argparse ``type`` for a ``--threads`` option of the scripts: ``auto`` or a positive integer."""
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"--threads={value!r}: expected auto or an integer >= 1")
+    return int(value)
+
+
 # ============================================================================================ errors
 def user_error_types() -> tuple:
     """Exceptions whose message is enough for a user to fix the problem."""
