@@ -153,7 +153,7 @@ def _suggest_key(key: str, keys: Sequence[str]) -> str:
         close = difflib.get_close_matches(leaf, children, n=1, cutoff=0.6)
         if close:
             return f"; did you mean {parent + '.' + close[0]!r}?"
-        return f"; {parent} has: {', '.join(children) or 'no keys'}"
+        return f"; {parent} has {', '.join(children) or 'no keys yet'} (to add a key: +{key}=VALUE)"
     by_leaf = [k for k in keys if k.split(".")[-1] == leaf and k != key]
     if by_leaf:
         return f"; did you mean {by_leaf[0]!r}?"

@@ -242,8 +242,14 @@ def _validate_main(c: Dict[str, Any], steps: int) -> None:
     check_int("teacher.steps", t.get("steps"))
     check_int("teacher.seed", t.get("seed", 0), lo=0)
     check_int("teacher.sampling_batch_size", t.get("sampling_batch_size", 1))
-    if isinstance(t.get("solver"), str):
-        check_solver("teacher.solver", t["solver"], t.get("solver_options"), t.get("steps"))
+    ts = t.get("solver")
+    if isinstance(ts, Mapping):
+        check_solver("teacher.solver.name", ts.get("name"), ts.get("options"), t.get("steps"))
+    elif isinstance(ts, str):  # the older flat layout
+        check_solver("teacher.solver", ts, t.get("solver_options"), t.get("steps"))
+    td = t.get("discretization")
+    if isinstance(td, Mapping):
+        check_discretization("teacher.discretization.kind", td.get("kind"), td.get("options"))
     _gen_data_config(teacher_config_from_main(c), prefix="teacher.")
     check_bool("progress", c.get("progress", True))
 

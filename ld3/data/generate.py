@@ -633,8 +633,9 @@ def teacher_data_dir(cfg: Any, **overrides: Any) -> Path:
 def teacher_config_from_main(cfg: Any) -> Dict[str, Any]:
     """The teacher-data options of a ``main.py`` config (``configs/config.yaml``).
 
-    ``main.py`` describes its teacher in a ``teacher`` section: ``solver`` (a name) and
-    ``solver_options``, ``discretization`` (a kind) and ``discretization_options``, ``steps``,
+    ``main.py`` describes its teacher in a ``teacher`` section laid out as ``gen_data.yaml``:
+    ``solver: {name, options}``, ``discretization: {kind, options}`` (the older flat form, a name plus
+    ``solver_options`` / a kind plus ``discretization_options``, is still read), ``steps``,
     ``seed``, ``data_dir`` and any other key of ``gen_data.yaml``; the model and ``device`` come from
     the top level.
     """

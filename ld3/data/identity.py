@@ -1,8 +1,8 @@
 """The normalised identity of a teacher: one description, whichever entry point made the data.
 
 ``gen_data.py`` describes its solver with the full option group of ``configs/solver/<name>.yaml``;
-``main.py`` describes the teacher in its ``teacher`` section with only the options that differ
-(``solver_options: {}``). Both mean the same teacher. Before an identity is written to a manifest or
+``main.py`` describes the teacher in its ``teacher`` section with the same layout but only the options
+that differ (``teacher.solver.options: {}``). Both mean the same teacher. Before an identity is written to a manifest or
 compared with one, :func:`normalise_identity` fills every option a user did not give with its default,
 taken from the one place that defines it:
 
