@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRY = {"main.py": ("config", "main"), "gen_data.py": ("gen_data", "gen_data"), "eval_fid.py": ("eval_fid", "eval_fid")}
+ENTRY = {"main.py": ("config", "main"), "gen_data.py": ("gen_data", "gen_data"),
+         "eval_fid.py": ("eval_fid", "eval_fid")}
 
 
 def doc_commands():
