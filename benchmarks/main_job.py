@@ -12,7 +12,7 @@ The table is printed and, with ``--write``, replaces the block between the ``mai
 ``docs/benchmarks.md``.
 
     python benchmarks/main_job.py --threads auto,2 --busy 0,2 --write
-    python benchmarks/main_job.py --threads auto --busy 0 --make-demo --write
+    python benchmarks/main_job.py --busy "" --make-demo --rows-from earlier.txt --write   # add make demo
 """
 
 from __future__ import annotations
@@ -112,6 +112,20 @@ def table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def parse_table(text: str) -> List[Dict[str, Any]]:
+    """Rows back from a table this script printed (to combine separate invocations into one table)."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 8 or not cells[0] or cells[0] in ("command",) or set(cells[0]) <= {"-"}:
+            continue
+        num = [float(c) if c else None for c in cells[3:7]]
+        before, after = (float(x) for x in cells[7].split("/"))
+        rows.append({"what": cells[0], "threads": cells[1], "busy": int(cells[2]), "wall_s": num[0], "data_s": num[1],
+                     "train_s": num[2], "eval_s": num[3], "load_before": before, "load_after": after})
+    return rows
+
+
 def write_doc(text: str) -> None:
     doc = DOC.read_text()
     if BEGIN not in doc:
@@ -129,11 +143,13 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--busy", default="0,2", help="comma list: extra busy processes during each measurement")
     p.add_argument("--make-demo", action="store_true", help="also time `make demo` on a fresh clone")
     p.add_argument("--write", action="store_true", help=f"replace the main-job block of {DOC.relative_to(ROOT)}")
+    p.add_argument("--rows-from", type=Path, default=None,
+                   help="start from the rows of a table this script printed earlier (combine invocations)")
     p.add_argument("overrides", nargs="*", help="extra main.py overrides (the benchmark is the defaults)")
     a = p.parse_args(argv)
-    rows = []
-    for busy in [int(b) for b in a.busy.split(",")]:
-        for th in a.threads.split(","):
+    rows = parse_table(a.rows_from.read_text()) if a.rows_from else []
+    for busy in [int(b) for b in a.busy.split(",") if b]:
+        for th in [t for t in a.threads.split(",") if t]:
             rows.append(time_main(th, busy, a.overrides))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     if a.make_demo:

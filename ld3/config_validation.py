@@ -175,6 +175,7 @@ def validate_config(cfg: Any, entry: str) -> Dict[str, Any]:
     check_model(c["model"])
     solver = c["solver"]
     check_solver("solver", solver.get("name"), solver.get("options"), steps)
+    check_extras(c)
     if entry == "main":
         _validate_main(c, steps)
     elif entry == "gen_data":
@@ -202,6 +203,27 @@ def expand_path_pattern(path: Any) -> Any:
         found = f"matches {len(hits)} files: {hits[:4]}" if hits else "matches no file"
         raise ConfigError(f"discretization.options.path={path!r} {found}; give exactly one discretization.json")
     return hits[0]
+
+
+#: zoo loaders that need the ``zoo`` extra (diffusers, transformers)
+ZOO_EXTRA_MODELS = ("stable_diffusion", "diffusers_unet")
+
+
+def check_extras(c: Mapping[str, Any]) -> None:
+    """Optional packages the config needs are installed (else MissingExtraError naming the extra), before any work."""
+    from ld3.utils.extras import require
+
+    if c["model"].get("name") in ZOO_EXTRA_MODELS:
+        for mod in ("diffusers", "transformers"):
+            require(mod, "zoo", f"model={c['model']['name']}")
+    loss = c.get("loss") or {}
+    if str(loss.get("name", "")).startswith("lpips"):
+        require("lpips", "fid", "the LPIPS loss")
+    if (c.get("fid") or {}).get("feature") == "inception":
+        require("torchmetrics", "fid", "Inception features (fid=inception)")
+    logger = c.get("logger") or {}
+    if logger.get("backend") == "wandb" and (logger.get("wandb") or {}).get("mode", "disabled") != "disabled":
+        require("wandb", "wandb", "logger=wandb")
 
 
 #: eval_fid.py's NFE when ``steps`` is null and the discretization is not a learned file

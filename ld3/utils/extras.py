@@ -12,12 +12,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-#: extra -> the distributions it installs (kept in sync with pyproject.toml by tests/test_extras.py)
+#: extra -> the distributions it installs (tests/test_lean_install.py checks pyproject.toml against it)
 EXTRAS = {
     "zoo": ("diffusers", "transformers", "accelerate"),
-    "fid": ("lpips", "torchvision", "torchmetrics", "torch_fidelity"),
+    "fid": ("torchvision", "lpips", "torchmetrics", "torch-fidelity"),
     "wandb": ("wandb",),
-    "slurm": ("hydra_plugins.hydra_joblib_launcher", "hydra_plugins.hydra_submitit_launcher"),
+    "slurm": ("hydra-joblib-launcher", "hydra-submitit-launcher"),
 }
 
 
