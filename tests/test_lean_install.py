@@ -43,7 +43,10 @@ def _run_blocked(script: str, args: list[str], cwd: Path) -> subprocess.Complete
 
 
 def test_pyproject_extras():
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the TOML parser pip itself vendors
+        from pip._vendor import tomli as tomllib
 
     proj = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = " ".join(proj["dependencies"]).lower()
