@@ -96,15 +96,9 @@ def threads_arg(value: str) -> Any:
 def user_error_types() -> tuple:
     """Exceptions whose message is enough for a user to fix the problem."""
     from ld3.data.store import TeacherDataError
+    from ld3.utils.extras import MissingExtraError
 
-    types: List[type] = [ValueError, FileNotFoundError, PermissionError, IsADirectoryError, TeacherDataError]
-    try:
-        from ld3.utils.extras import MissingExtraError
-
-        types.append(MissingExtraError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(types)
+    return (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, TeacherDataError, MissingExtraError)
 
 
 def _debug() -> bool:
@@ -185,6 +179,8 @@ def check_overrides(config_name: str, overrides: Sequence[str], prog: str) -> Di
     for o in groups:
         if o.is_delete() or o.value() is None:
             continue
+        if o.is_sweep_override():
+            raise ConfigError(f"{o.input_line}: a list of options is a sweep; add -m (python {prog} -m ...)")
         choice = str(o.value())
         options = _configs_in(o.key_or_group)
         if choice not in options:
@@ -214,7 +210,6 @@ def check_overrides(config_name: str, overrides: Sequence[str], prog: str) -> Di
             return OmegaConf.to_container(cfg, resolve=True)
         except Exception as e:
             raise ConfigError(" ".join(str(e).split())) from None
-    GlobalHydra.instance().clear()
 
 
 # ============================================================================================ entry point

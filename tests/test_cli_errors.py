@@ -43,6 +43,7 @@ CONFIG_MISTAKES = [
     ("main.py", ["teacher.solver.options.order=3"], ["(to add a key: +teacher.solver.options.order=VALUE)"]),
     ("main.py", ["+teacher.solver.options.order=5"], ["teacher.solver.name=uni_pc", "order=5"]),
     ("main.py", ["steps=4,6"], ["steps=4,6", "--multirun"]),
+    ("main.py", ["solver=uni_pc,ipndm"], ["solver=uni_pc,ipndm", "sweep; add -m"]),
     ("gen_data.py", ["total_samples=0"], ["total_samples", "positive integer"]),
     ("gen_data.py", ["seeds=abc"], ["seeds='abc'"]),
     ("gen_data.py", ["dtype=float8"], ["dtype='float8'", "float32"]),
