@@ -1,10 +1,14 @@
-"""Score a model + solver + discretization with a Fréchet distance (docs/architecture.md)."""
+"""Score a model + solver + discretization with a Fréchet distance (docs/architecture.md).
 
-import hydra
+Config checks, thread defaults and one-line errors: :mod:`ld3.cli`.
+"""
+
 from omegaconf import DictConfig
 
+from ld3.cli import entry_point
 
-@hydra.main(config_path="configs", config_name="eval_fid", version_base="1.3")
+
+@entry_point("eval_fid", "eval_fid")
 def main(cfg: DictConfig) -> float:
     from ld3.metrics.evaluate import run_from_config
 

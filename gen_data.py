@@ -1,10 +1,14 @@
-"""Generate teacher data: ``python gen_data.py [overrides]`` (options: configs/gen_data.yaml, docs/data.md)."""
+"""Generate teacher data: ``python gen_data.py [overrides]`` (options: configs/gen_data.yaml, docs/data.md).
 
-import hydra
+Config checks, thread defaults and one-line errors: :mod:`ld3.cli`.
+"""
+
 from omegaconf import DictConfig
 
+from ld3.cli import entry_point
 
-@hydra.main(config_path="configs", config_name="gen_data", version_base="1.3")
+
+@entry_point("gen_data", "gen_data")
 def main(cfg: DictConfig) -> None:
     from ld3.data import generate_teacher_data
 

@@ -1,13 +1,15 @@
 """Learn a time discretization with LD3 (Tong et al. 2024): ``python main.py [overrides]``.
 
-Thin Hydra entry point; the work is done by :func:`ld3.learners.pipeline.run_ld3` (docs/ld3.md).
+Thin entry point; the work is done by :func:`ld3.learners.pipeline.run_ld3` (docs/ld3.md). Config checks,
+thread defaults and one-line errors: :mod:`ld3.cli`.
 """
 
-import hydra
 from omegaconf import DictConfig
 
+from ld3.cli import entry_point
 
-@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+
+@entry_point("config", "main")
 def main(cfg: DictConfig) -> float:
     from ld3.learners.pipeline import run_ld3
 

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ld3.cli import apply_threads, threads_arg  # noqa: E402
 from ld3.discretizations import get_discretization, gits_cost_matrix  # noqa: E402
 from ld3.discretizations.gits import prior_std  # noqa: E402
 from ld3.models.analytic import AnalyticGMM  # noqa: E402
@@ -116,11 +117,11 @@ def main(argv=None) -> None:
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--warmup", type=int, default=256, help="GITS teacher batch")
     p.add_argument("--png", type=Path, default=Path("results/discretization_accuracy.png"))
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=threads_arg, default=1)
     p.add_argument("--solver-options", type=json.loads, default={},
                    help='JSON dict of per-solver options, e.g. \'{"dpm_solver++": {"order": 3}}\'')
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     args.solvers = args.solvers or available()
     warnings.filterwarnings("ignore", category=UserWarning)
     all_results = {}

@@ -32,6 +32,7 @@ from typing import Callable, Dict, List
 
 import torch
 
+from ld3.cli import apply_threads, threads_arg
 from ld3.discretizations import get_timesteps
 from ld3.models.zoo import load_model
 from ld3.solvers import get_solver
@@ -55,12 +56,12 @@ def main(argv: List[str] | None = None) -> List[Dict]:
     p.add_argument("--nfe", type=int, default=10)
     p.add_argument("--solver", default="dpm_solver++")
     p.add_argument("--discretization", default="time_uniform")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=threads_arg, default="auto")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch1", action="store_true", help="also time 256 separate batch-1 runs")
     p.add_argument("--no-peer", action="store_true", help="skip the diffusers row")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     load0 = os.getloadavg()[0]
 
     m = load_model("digits", device="cpu")

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from ld3.cli import apply_threads, threads_arg
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -107,13 +109,11 @@ def main() -> None:
     p.add_argument("--batch", default="2,16")
     p.add_argument("--device", default="auto")
     p.add_argument("--weights", default=None, help="digits weights_dir (default: ld3/assets)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=threads_arg, default="auto")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        import torch
-
-        torch.set_num_threads(a.threads)
+        apply_threads(a.threads)
         spec = json.loads(a.child)
         print("RESULT " + json.dumps(measure(**spec)))
         return

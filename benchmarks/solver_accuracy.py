@@ -30,6 +30,7 @@ from typing import Dict, List, Tuple
 import torch
 from tqdm import tqdm
 
+from ld3.cli import apply_threads, threads_arg
 from ld3.discretizations import get_timesteps
 from ld3.models import AnalyticGMM
 from ld3.schedules import NoiseScheduleEDM, NoiseScheduleVP, ddpm_linear_betas
@@ -162,12 +163,12 @@ def main(argv: List[str] = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=threads_arg, default=1)
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     if args.dim < 64:
         raise ValueError(f"--dim must be >= 64 for this benchmark, got {args.dim}")
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     all_results = {s: run(s, args.dim, args.components, args.batch, args.seed) for s in args.schedules}
     out = Path(args.out)
     md = to_markdown(all_results, args)

@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure this checkout's ld3, not an installed one
 
+from ld3.cli import apply_threads, threads_arg  # noqa: E402
 from ld3.discretizations import get_timesteps  # noqa: E402
 from ld3.schedules import NoiseScheduleVP, ddpm_linear_betas  # noqa: E402
 from ld3.solvers import get_solver  # noqa: E402
@@ -117,10 +118,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--nfe", type=int, default=10)
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=threads_arg, default=1)
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.threads != 1 and args.device == "cpu":
         raise ValueError(f"--threads={args.threads}: CPU timing uses the thread's CPU time, so it needs --threads 1")
     device = resolve_device(args.device)

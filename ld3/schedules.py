@@ -295,6 +295,7 @@ class NoiseScheduleVP(NoiseSchedule):
             self.eps = 1.0 / self.total_N if eps is None else float(eps)
             self.t_array = torch.linspace(0.0, 1.0, self.total_N + 1, dtype=torch.float64)[1:].to(dtype)
             self.log_alpha_array = log_alphas.to(dtype)
+            self._log_alphas64 = log_alphas  # float64: alphas_cumprod() / betas() read back exactly
             # lambda decreases in t; keep an increasing copy for inverse interpolation
             self._log_alpha_of_t = _InterpTable(self.t_array, self.log_alpha_array)
             self._t_of_log_alpha = _InterpTable(torch.flip(self.log_alpha_array, [0]), torch.flip(self.t_array, [0]))
@@ -379,6 +380,21 @@ class NoiseScheduleVP(NoiseSchedule):
             torch.arccos(torch.exp(log_alpha + self.cosine_log_alpha_0)) * 2.0 * (1.0 + self.cosine_s) / math.pi
             - self.cosine_s
         )
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The discrete schedule's ``alphas_cumprod`` (float64, length N), as given or computed from betas."""
+        if self.schedule != "discrete":
+            raise ValueError(f"alphas_cumprod() reads back a discrete schedule; this one is {self.schedule!r} "
+                             "(use marginal_alpha(t) ** 2 at the times you need)")
+        return torch.exp(2.0 * self._log_alphas64)
+
+    def betas(self) -> torch.Tensor:
+        """The discrete schedule's betas (float64, length N): ``1 - alphas_cumprod[n] / alphas_cumprod[n-1]``."""
+        log_ac = 2.0 * self._log_alphas64 if self.schedule == "discrete" else None
+        if log_ac is None:
+            raise ValueError(f"betas() reads back a discrete schedule; this one is {self.schedule!r}")
+        prev = torch.cat([log_ac.new_zeros(1), log_ac[:-1]])
+        return -torch.expm1(log_ac - prev)
 
     def describe(self) -> dict:
         out = super().describe()

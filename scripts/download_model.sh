@@ -62,7 +62,7 @@ EOF
 }
 
 CACHE="${LD3_CACHE:-$HOME/.cache/ld3}"
-TORCH_HUB="${TORCH_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/torch}/hub"
+CACHE_FLAG=0
 LIST=0
 DRY=0
 WITH_SD=0
@@ -76,13 +76,23 @@ while [ $# -gt 0 ]; do
         --with-sd) WITH_SD=1 ;;
         --cache)
             [ $# -ge 2 ] || { echo "error: --cache needs a directory" >&2; exit 2; }
-            CACHE="$2"; shift ;;
-        --cache=*) CACHE="${1#--cache=}" ;;
+            CACHE="$2"; CACHE_FLAG=1; shift ;;
+        --cache=*) CACHE="${1#--cache=}"; CACHE_FLAG=1 ;;
         -*) echo "error: unknown option '$1' (see --help)" >&2; exit 2 ;;
         *) GROUPS_SEL+=("$1") ;;
     esac
     shift
 done
+
+# torch hub (LPIPS trunks, torch-fidelity's Inception link): $TORCH_HOME/hub; with --cache and no TORCH_HOME,
+# inside the cache, so that --cache writes nothing outside DIR
+if [ -n "${TORCH_HOME:-}" ]; then
+    TORCH_HUB="$TORCH_HOME/hub"
+elif [ "$CACHE_FLAG" = 1 ]; then
+    TORCH_HUB="$CACHE/torch/hub"
+else
+    TORCH_HUB="${XDG_CACHE_HOME:-$HOME/.cache}/torch/hub"
+fi
 
 ALL_GROUPS="edm edm-ve fid-refs lpips inception sd ddpm adm ldm"
 if [ ${#GROUPS_SEL[@]} -eq 0 ]; then
@@ -210,15 +220,25 @@ file_ok() {  # file_ok PATH KNOWN_PREFIX: present and consistent with what is kn
     return 0
 }
 
-fetch_url() {  # fetch_url URL DEST
-    local part="$2.part"
-    mkdir -p "$(dirname "$2")"
+fetch_url() {  # fetch_url URL DEST; on failure nothing is left but a non-empty .part (resumed next time)
+    local part="$2.part" dir created="" ok=1
+    dir="$(dirname "$2")"
+    if [ ! -d "$dir" ]; then  # the outermost directory this call creates, removed again if nothing arrives
+        created="$dir"
+        while [ ! -d "$(dirname "$created")" ]; do created="$(dirname "$created")"; done
+        mkdir -p "$dir"
+    fi
     if command -v curl >/dev/null 2>&1; then
-        curl -fL --retry 3 -C - -o "$part" "$1"
+        curl -fL --retry 3 -C - -o "$part" "$1" || ok=0
     elif command -v wget >/dev/null 2>&1; then
-        wget -c -O "$part" "$1"
+        wget -c -O "$part" "$1" || ok=0
     else
         echo "error: neither curl nor wget is installed" >&2
+        ok=0
+    fi
+    if [ "$ok" = 0 ]; then
+        [ -s "$part" ] || rm -f "$part"
+        if [ -n "$created" ] && [ -d "$created" ]; then find "$created" -depth -type d -empty -delete; fi
         return 1
     fi
     mv -f "$part" "$2"

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ld3.cli import apply_threads, threads_arg
 from ld3.discretizations import get_timesteps
 from ld3.metrics.frechet import feature_statistics, frechet_distance
 from ld3.models.digits_data import digits_split
@@ -49,7 +50,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--weights-dir", default=None, help="digits weights (default: the package assets)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust on a shared machine)")
+    p.add_argument("--threads", type=threads_arg, default=1, help="torch threads (1 is robust on a shared machine)")
     p.add_argument("--solver", default=None, help=f"teacher solver (default: first of {TEACHER_PREFERENCE})")
     p.add_argument("--teacher-steps", type=int, default=100)
     p.add_argument("--discretization", default="time_uniform")
@@ -158,7 +159,7 @@ def first_per_class(x: torch.Tensor, labels: torch.Tensor, k: int, num_classes: 
 
 def main(argv: List[str] | None = None) -> Dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     opts: Dict[str, Any] = {"device": args.device}
     if args.weights_dir:
         opts["weights_dir"] = args.weights_dir

@@ -30,6 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ld3.cli import apply_threads, threads_arg  # noqa: E402
 from ld3.learners.ld3 import LD3Data  # noqa: E402
 from ld3.learners.pipeline import HANDCRAFTED, run_ld3  # noqa: E402
 from ld3.models.zoo import load_model  # noqa: E402
@@ -207,7 +208,7 @@ def main() -> None:
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=threads_arg, default="auto")
     p.add_argument("--runs-dir", default="runs/ld3_results")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--digits-weights", default=None, help="weights_dir of the digits model (default: ld3/assets)")
@@ -220,7 +221,7 @@ def main() -> None:
     for v in args.variants:
         if v not in VARIANTS:
             raise SystemExit(f"unknown variant {v!r}; allowed: {sorted(VARIANTS)}")
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     t0 = time.time()
     rows = run_all(args)
     write_markdown(rows, args, time.time() - t0)

@@ -10,4 +10,4 @@ for solver in ipndm uni_pc; do
   "$PY" gen_data.py model=edm_cifar10 solver=uni_pc steps=20 discretization=logSNR total_samples=100 "$@"
   "$PY" main.py -m model=edm_cifar10 solver=$solver steps=4,6,8,10 loss=lpips_vgg "$@"
 done
-"$PY" scripts/report.py --metric val_distance --group model,solver --out results/cifar10
+"$PY" scripts/report.py --out results/cifar10

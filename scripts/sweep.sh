@@ -18,4 +18,4 @@ RESULTS=${RESULTS:-results/results.jsonl}
 
 "$PY" main.py -m "hydra/launcher=$LAUNCHER" "logger=$LOGGER" "paths.results=$RESULTS" \
     "solver=$SOLVERS" "steps=$STEPS" "$@"
-"$PY" scripts/report.py --results "$RESULTS" --metric val_distance --group model,solver --out results/sweep
+"$PY" scripts/report.py --results "$RESULTS" --out results/sweep

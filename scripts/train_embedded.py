@@ -40,6 +40,7 @@ from safetensors.torch import save as safetensors_save
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from ld3.cli import apply_threads, threads_arg
 from ld3.models import digits_nets
 from ld3.models.digits_data import digits_split, split_fingerprint
 from ld3.schedules import ddpm_linear_betas
@@ -82,7 +83,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     p.add_argument("--p-uncond", type=float, default=0.15, help="label dropout probability (CFG)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the stratified train/val split")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads; the bits depend on it")
+    p.add_argument("--threads", type=threads_arg, default=1, help="torch CPU threads; the bits depend on it")
     p.add_argument("--quick", action="store_true", help="a few iterations of everything (tests, smoke runs)")
     p.add_argument("--no-progress", action="store_true", help="disable tqdm bars")
     args = p.parse_args(argv)
@@ -264,7 +265,7 @@ def state_bytes(module: torch.nn.Module, dtype: torch.dtype | None = None) -> by
 def main(argv: List[str] | None = None) -> Dict[str, Any]:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t_start, cpu_start = time.perf_counter(), time.process_time()
 

@@ -174,9 +174,9 @@ def test_ensure_teacher_data_from_a_main_config(tmp_path):
 
     main_cfg = {
         "model": GMM, "steps": 4, "seed": 3, "device": "auto", "learner": {"num_train": 6},
-        "teacher": {"solver": "ddim", "solver_options": {}, "steps": 6, "discretization": "logSNR",
-                    "discretization_options": {}, "seed": 0, "data_dir": str(tmp_path), "sampling_batch_size": 8,
-                    "labels": None, "progress": False},
+        "teacher": {"solver": {"name": "ddim", "options": {}}, "steps": 6,
+                    "discretization": {"kind": "logSNR", "options": {}}, "seed": 0, "data_dir": str(tmp_path),
+                    "sampling_batch_size": 8, "labels": None, "progress": False},
     }
     path = ensure_teacher_data(cfg=main_cfg, model=None, num_samples=10, device=torch.device("cpu"))
     assert path == tmp_path / "ddim_NFE6_logSNR_seed0" and len(TeacherDataset(path)) == 10
@@ -514,3 +514,31 @@ def test_gen_data_help(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "total_samples" in p.stdout and "sampling_batch_size" in p.stdout
 
+
+
+def test_teacher_identity_is_the_same_from_main_and_gen_data(tmp_path):
+    """The README order: gen_data.py's full solver group, then main.py's teacher section with only what differs
+    (and the other way round) describe one teacher; a real difference is still refused, naming the key."""
+    from ld3.data import ensure_teacher_data, generate_teacher_data
+    from ld3.data.config import GenDataConfig
+    from ld3.data.generate import teacher_config_from_main
+    from ld3.data.store import TeacherDataError
+
+    full = {"name": "ddim", "options": {"eta": 0.0, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
+                                         "sample_max_value": 1.0}}
+    gen_cfg = {"model": GMM, "solver": full, "discretization": {"kind": "logSNR", "options": {"t_min": None}},
+               "steps": 6, "total_samples": 6, "data_dir": str(tmp_path), "progress": False}
+    main_cfg = {"model": GMM, "device": "cpu",
+                "teacher": {"solver": {"name": "ddim", "options": {}}, "steps": 6,
+                            "discretization": {"kind": "logSNR", "options": {}}, "seed": 0,
+                            "data_dir": str(tmp_path), "progress": False}}
+    a = GenDataConfig.from_mapping(gen_cfg).identity()
+    b = GenDataConfig.from_mapping(teacher_config_from_main(main_cfg)).identity()
+    assert a == b
+    assert a["solver"]["options"]["eta"] == 0.0 and a["discretization"]["options"] == {"t_max": None, "t_min": None}
+    path = generate_teacher_data(gen_cfg).path
+    assert ensure_teacher_data(main_cfg, num_samples=8) == path  # extended, not refused
+    changed = {"name": "ddim", "options": {"thresholding": True}}
+    other = dict(main_cfg, teacher={**main_cfg["teacher"], "solver": changed})
+    with pytest.raises(TeacherDataError, match="solver.options.thresholding"):
+        ensure_teacher_data(other, num_samples=8)

@@ -551,8 +551,9 @@ def test_pipeline_outputs_and_idempotent_rerun(gmm, tmp_path):
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
     # same run name, different decisive config -> refused, not silently reused
     cfg2 = _pipeline_cfg(tmp_path, validate_first_batch_only=False)
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match="different configuration") as e:
         run_ld3(cfg2, data=data, loaded=gmm)
+    assert "learner.validate_first_batch_only: True (existing) != False (requested)" in str(e.value)
 
 
 def test_pipeline_lpips_missing_fails_before_training(gmm, tmp_path, no_hub):

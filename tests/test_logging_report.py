@@ -76,9 +76,34 @@ def test_report_table_and_plot(tmp_path):
             store.append({"fid": base / steps, "config": {"solver": {"name": solver}, "steps": steps}})
     store.append({"fid": 99.0, "config": {"solver": {"name": "uni_pc"}, "steps": 8}})
     out = tmp_path / "rep"
-    assert report.main(["--results", str(path), "--group", "solver", "--out", str(out)]) == 0
+    assert report.main(["--results", str(path), "--metric", "fid", "--group", "solver", "--out", str(out)]) == 0
     md = (tmp_path / "rep.md").read_text()
     assert "| uni_pc | 2.5 | 1.667 | 99 |" in md
     assert "| ipndm | 5 | 3.333 |  |" in md
     assert (tmp_path / "rep.png").stat().st_size > 1000
     assert json.loads(path.read_text().splitlines()[0])["fid"] == 2.5
+
+
+def test_report_auto_on_every_kind_of_row(tmp_path):
+    """LD3 / TimeTuner rows (learned + hand-crafted baselines) and FID rows, as the entry points write them."""
+    import report
+
+    path = tmp_path / "r.jsonl"
+    store = ResultsStore(path)
+    for task, nfe, learned in [("ld3", 4, 0.5), ("ld3", 6, 0.25), ("timetuner", 6, 0.3)]:
+        store.append({"task": task, "model": "digits", "solver": "uni_pc", "nfe": nfe, "loss": "l2",
+                      "learned": learned, "handcrafted": {"logSNR": 1.0 / nfe, "edm": 2.0 / nfe}})
+    store.append({"fid": 12.5, "feature": "model", "model": "digits", "solver": "uni_pc", "steps": 6,
+                  "discretization": "learned", "nfe": 6})
+    out = tmp_path / "rep"
+    assert report.main(["--results", str(path), "--out", str(out)]) == 0
+    md = (tmp_path / "rep.md").read_text()
+    assert "| learned (ld3) | 0.5 | 0.25 |" in md
+    assert "| learned (timetuner) |  | 0.3 |" in md
+    assert "| logSNR | 0.25 | 0.1667 |" in md  # the baselines
+    assert "l2 distance to the teacher" in md and "FID (model features)" in md
+    assert "| uni_pc / learned | 12.5 |" in md
+    secs = report.learner_sections(read_results(path))
+    assert secs[0]["xs"] == [4, 6] and all(isinstance(x, int) for x in secs[0]["xs"])
+    assert (tmp_path / "rep-digits-uni_pc-l2.png").stat().st_size > 1000
+    assert (tmp_path / "rep-digits-fid-model.png").stat().st_size > 1000

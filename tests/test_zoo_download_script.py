@@ -99,3 +99,20 @@ def test_model_configs_resolve_and_name_missing_weights(name, tmp_path, monkeypa
         load_model(model["name"], device="cpu", **model["options"])
     assert str(tmp_path / "weights" / model["options"]["checkpoint"]) in str(err.value)
     assert "scripts/download_model.sh" in str(err.value)
+
+
+def test_offline_failure_leaves_nothing_and_cache_flag_stays_inside(tmp_path):
+    """No network (a curl that fails at once): exit 1, no `mv: cannot stat`, no directory created, and with
+    --cache nothing is written outside it (not even the torch hub)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "curl").write_text("#!/bin/sh\necho 'curl: (6) Could not resolve host' >&2\nexit 6\n")
+    (fake / "curl").chmod(0o755)
+    home, cache = tmp_path / "home", tmp_path / "c"
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_HOME", "LD3_CACHE", "XDG_CACHE_HOME")}
+    env.update(PATH=f"{fake}:{env.get('PATH', '')}", HOME=str(home))
+    out = subprocess.run(["bash", str(SCRIPT), "--cache", str(cache), "edm", "lpips"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "cannot stat" not in out.stderr and "download of" in out.stderr
+    assert not cache.exists() and not home.exists()

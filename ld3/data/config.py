@@ -28,7 +28,7 @@ DEFAULT_TOTAL_SAMPLES = 100
 IMG_SPACES = ("pixel", "latent")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 #: keys of a Hydra config that are not generation options (ignored here)
-FOREIGN_KEYS = ("paths", "logger", "hydra")
+FOREIGN_KEYS = ("paths", "logger", "hydra", "threads")
 #: solver options that make a solver stochastic; teacher data must be deterministic per sample
 _STOCHASTIC_OPTIONS = ("eta",)
 
@@ -233,9 +233,11 @@ class GenDataConfig:
         return Path(self.data_dir) / name
 
     def identity(self) -> Dict[str, Any]:
-        """What a sample depends on; a directory is bound to these values."""
+        """What a sample depends on, normalised (:mod:`ld3.data.identity`); a directory is bound to these values."""
+        from ld3.data.identity import normalise_identity
+
         m = self.model
-        return json_safe({
+        return json_safe(normalise_identity({
             "model": {
                 "name": m["name"],
                 "options": m["options"],
@@ -251,7 +253,7 @@ class GenDataConfig:
             "prompt_path": None if self.prompt_path is None else str(self.prompt_path),
             "num_prompts": self.num_prompts,
             "save_pt": self.save_pt,
-        })
+        }))
 
     def as_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -274,8 +276,10 @@ def flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def diff_identity(existing: Mapping[str, Any], requested: Mapping[str, Any]) -> List[str]:
-    """Human-readable differences ``key: existing -> requested`` between two identities."""
-    a, b = flatten(existing), flatten(requested)
+    """Human-readable differences ``key: existing -> requested`` between two identities (both normalised)."""
+    from ld3.data.identity import normalise_identity
+
+    a, b = flatten(json_safe(normalise_identity(existing))), flatten(json_safe(normalise_identity(requested)))
     lines = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -456,6 +457,38 @@ def generate_teacher_data(cfg: Any, model: Any = None, **overrides: Any) -> Gene
     """
     cfg = _as_config(cfg, overrides)
     out = cfg.output_dir()
+    created = _first_missing_ancestor(out)
+    try:
+        return _generate(cfg, out, model)
+    except BaseException:
+        _remove_if_empty_run(out, created)
+        raise
+
+
+def _first_missing_ancestor(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (None if ``path`` exists)."""
+    path = Path(path).absolute()
+    if path.exists():
+        return None
+    top = path
+    while not top.parent.exists():
+        top = top.parent
+    return top
+
+
+def _remove_if_empty_run(out: Path, created: Path | None) -> None:
+    """A failed first run leaves nothing behind: remove what it created if no sample was stored."""
+    if created is None or not created.is_dir():
+        return
+    try:
+        m = read_manifest(out)
+    except Exception:  # an unreadable manifest written by this run: still nothing worth keeping
+        m = None
+    if m is None or not m.get("shards"):
+        shutil.rmtree(created, ignore_errors=True)
+
+
+def _generate(cfg: GenDataConfig, out: Path, model: Any) -> GenerationResult:
     requested = cfg.seed_list()
     t0 = time.perf_counter()
     with RunGuard(out) as guard:
@@ -593,8 +626,9 @@ def teacher_data_dir(cfg: Any, **overrides: Any) -> Path:
 def teacher_config_from_main(cfg: Any) -> Dict[str, Any]:
     """The teacher-data options of a ``main.py`` config (``configs/config.yaml``).
 
-    ``main.py`` describes its teacher in a ``teacher`` section: ``solver`` (a name) and
-    ``solver_options``, ``discretization`` (a kind) and ``discretization_options``, ``steps``,
+    ``main.py`` describes its teacher in a ``teacher`` section laid out as ``gen_data.yaml``:
+    ``solver: {name, options}``, ``discretization: {kind, options}`` (the older flat form, a name plus
+    ``solver_options`` / a kind plus ``discretization_options``, is still read), ``steps``,
     ``seed``, ``data_dir`` and any other key of ``gen_data.yaml``; the model and ``device`` come from
     the top level.
     """

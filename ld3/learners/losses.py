@@ -203,7 +203,9 @@ class LPIPSLoss(Loss):
             raise ValueError(f"lpips net={net!r} is not supported; allowed: {sorted(LPIPS_BACKBONE_FILES)}")
         if backbone not in ("pretrained", "random"):
             raise ValueError(f"lpips backbone={backbone!r} is not supported; allowed: 'pretrained', 'random'")
-        import lpips  # local import: keeps `import ld3.learners` light
+        from ld3.utils.extras import require
+
+        lpips = require("lpips", "fid", "the LPIPS loss")  # local import: keeps `import ld3.learners` light
 
         path = None if backbone == "random" else resolve_lpips_backbone(net, backbone_path, cache_dir)
         # pnet_rand=True: never let torchvision download; the trunk is loaded below from the local file

@@ -37,6 +37,7 @@ from ld3.learners.ld3 import (
     split_data,
 )
 from ld3.learners.losses import get_loss
+from ld3.utils.console import TqdmLoggingHandler
 from ld3.utils.io import atomic_write_json, atomic_write_text
 from ld3.utils.plain import to_plain
 from ld3.utils.runtime import move_model
@@ -77,7 +78,7 @@ def _setup_file_log(run_dir: Path) -> logging.Handler:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     if not any(isinstance(h, logging.StreamHandler) and getattr(h, "_ld3", False) for h in log.handlers):
-        sh = logging.StreamHandler(sys.stdout)
+        sh = TqdmLoggingHandler(sys.stdout)  # lines above the progress bar, not through it
         sh.setFormatter(logging.Formatter("[ld3] %(message)s"))
         sh.setLevel(logging.INFO)
         sh._ld3 = True  # type: ignore[attr-defined]
@@ -159,6 +160,28 @@ def _stack(xs):
     return list(xs)
 
 
+def _save_samples(path, solver, make_fn, data, decode, device, t1, t2, best_grid, best_name, title, n=8) -> None:
+    """``samples.png``: the teacher, the learned grid and the best hand-crafted grid on the same latents."""
+    from ld3.data.latents import prior_scale
+    from ld3.learners.plots import plot_sample_rows
+
+    k = min(n, len(data))
+    idx = torch.arange(k)
+    cond, uncond = data.cond(idx, device)
+    fn = make_fn(cond, uncond)
+    x_T = data.latents[idx].to(device) * prior_scale(solver.noise_schedule)
+    with torch.no_grad():
+        outs = {"learned (LD3)": solver.sample(fn, x_T, t1.to(device), model_timesteps=t2.to(device)),
+                best_name: solver.sample(fn, x_T, best_grid.to(device))}
+        if decode is not None:
+            outs = {name: decode(x) for name, x in outs.items()}
+    rows = {"teacher": data.targets[idx]}
+    rows.update({name: x.detach().cpu() for name, x in outs.items()})
+    if rows["teacher"].dim() != 4 or rows["teacher"].shape[1] not in (1, 3):
+        return  # not images (e.g. analytic models)
+    plot_sample_rows(rows, path, title=title)
+
+
 # ============================================================================================ run
 def run_ld3(
     cfg: Any,
@@ -220,9 +243,14 @@ def run_ld3(
     if run_dir.exists() and (run_dir / "fingerprint.json").is_file():
         old = json.loads((run_dir / "fingerprint.json").read_text())
         if old.get("fingerprint") != fp:
+            from ld3.data.config import diff_identity
+
+            diffs = diff_identity(old.get("inputs") or {}, json.loads(json.dumps(fp_obj, default=str)))
             raise ValueError(
-                f"run directory {run_dir} was made with a different configuration (fingerprint "
-                f"{old.get('fingerprint')} != {fp}); delete it or set learner.log_path elsewhere"
+                f"run directory {run_dir} was made with a different configuration ("
+                + ("; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else "") if diffs else f"fingerprint "
+                   f"{old.get('fingerprint')} != {fp}")
+                + "); delete it or set learner.log_path elsewhere"
             )
     if result_path.is_file():
         res = json.loads(result_path.read_text())
@@ -232,9 +260,12 @@ def run_ld3(
     data_root = "<in memory>"
     if data is None:  # before the run directory exists: a failure here leaves nothing behind
         needed = lcfg.num_train + lcfg.num_valid + lcfg.num_test
+        t_data = time.time()
         data, data_root = load_teacher_data(c, loaded, needed, device)
+        c["_data_time_s"] = time.time() - t_data  # reported in result.json (not part of the config)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "fingerprint.json", {"fingerprint": fp, "inputs": fp_obj})
+    data_time = c.pop("_data_time_s", 0.0)
     try:
         from omegaconf import OmegaConf
 
@@ -244,8 +275,9 @@ def run_ld3(
     handler = _setup_file_log(run_dir)
     logger = make_logger(c.get("logger") or {"backend": "disabled"}, run_config=c, run_name=name)
     try:
-        return _run(c, lcfg, loaded, solver, loss_fn, loss_label, steps, seed, device, run_dir, data, data_root,
-                    logger, on_step, hyper)
+        result = _run(c, lcfg, loaded, solver, loss_fn, loss_label, steps, seed, device, run_dir, data, data_root,
+                      logger, on_step, hyper, data_time)
+        return result
     finally:
         logger.finish()
         log.removeHandler(handler)
@@ -253,7 +285,7 @@ def run_ld3(
 
 
 def _run(c, lcfg, loaded, solver, loss_fn, loss_label, steps, seed, device, run_dir, data, data_root, logger, on_step,
-         hyper):
+         hyper, data_time=0.0):
     mcfg = dict(c["model"])
     make_fn = model_fn_factory(loaded, mcfg)
     decode = loaded.decode
@@ -309,12 +341,14 @@ def _run(c, lcfg, loaded, solver, loss_fn, loss_label, steps, seed, device, run_
     t1, t2 = trainer.best_timesteps()
 
     # held-out comparison with the hand-crafted grids (original latents, no ball moves)
+    t_eval = time.time()
     grids = handcrafted_grids(loaded.noise_schedule, steps, solver)
     ev = dict(make_model_fn=make_fn, loss_fn=loss_fn, data=held_out, decode=decode,
               batch_size=lcfg.eval_batch_size, device=device)
     learned = evaluate_grid(solver, timesteps=t1, model_timesteps=t2, **ev)
     learned_t1_only = evaluate_grid(solver, timesteps=t1, **ev)
     hand = {k: evaluate_grid(solver, timesteps=g, **ev) for k, g in grids.items()}
+    eval_time = time.time() - t_eval
     best_k = min(hand, key=lambda k: hand[k]["loss"])
     best_v = hand[best_k]["loss"]
     improvement = 1.0 - learned["loss"] / best_v if best_v > 0 else 0.0
@@ -336,7 +370,11 @@ def _run(c, lcfg, loaded, solver, loss_fn, loss_label, steps, seed, device, run_
     plot_training_curve(trainer.history, run_dir / "training_curve.png", title=title)
     plot_schedule(loaded.noise_schedule, t1, t2, {k: grids[k] for k in ("logSNR", "edm", "time_uniform",
                                                                            "time_quadratic")},
-                  run_dir / "schedule.png", title=title)
+                  run_dir / "schedule.png", title=title,
+                  scores={"learned": learned["loss"], **{k: v["loss"] for k, v in hand.items()}})
+    _save_samples(run_dir / "samples.png", solver, make_fn, held_out, decode, device, t1, t2, grids[best_k], best_k,
+                  f"{title}: held-out samples; {loss_label} to the teacher: learned {learned['loss']:.4g}, "
+                  f"{best_k} {best_v:.4g}")
     result = {
         "task": "ld3",
         "run": run_dir.name,
@@ -360,6 +398,8 @@ def _run(c, lcfg, loaded, solver, loss_fn, loss_label, steps, seed, device, run_
         "stop_reason": state["stop_reason"],
         "steps_trained": state["iter"],
         "train_time_s": train_time,
+        "data_time_s": data_time,  # teacher data: generated (or read) before training
+        "eval_time_s": eval_time,  # the held-out comparison
         "timesteps": t1.tolist(),
         "model_timesteps": t2.tolist(),
         "hyper": hyper,

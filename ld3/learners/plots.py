@@ -64,25 +64,62 @@ def plot_schedule(
     baselines: Dict[str, torch.Tensor],
     path: str | os.PathLike,
     title: str = "",
+    scores: Dict[str, float] | None = None,
 ) -> None:
-    """lambda(t_i) against the step index i for the learned grid (t1, t2) and hand-crafted ones."""
+    """Top: lambda(t_i) against step i for the learned grid and the hand-crafted ones (legend: held-out
+    ``scores`` where given, key ``learned`` for LD3). Bottom: the network-time offset lambda(t2) - lambda(t1),
+    which is too small to see on the top panel."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    scores = scores or {}
 
     def lam(t: torch.Tensor) -> List[float]:
         return noise_schedule.marginal_lambda(t.detach().cpu().double(), check=False).tolist()
 
+    def label(name: str, key: str) -> str:
+        return f"{name} (held-out {scores[key]:.4g})" if key in scores else name
+
     for name, t in baselines.items():
-        ax.plot(range(len(t)), lam(t), ".-", lw=1, alpha=0.8, label=name)
-    ax.plot(range(len(learned_t1)), lam(learned_t1), "o", ms=7, mfc="none", mew=1.6, color="k",
-            label="LD3 t1 (integration)")
-    ax.plot(range(len(learned_t2)), lam(learned_t2), "x", ms=7, color="crimson", label="LD3 t2 (network)")
-    ax.set_xlabel("step i")
+        ax.plot(range(len(t)), lam(t), ".--", lw=1, alpha=0.8, label=label(name, name))
+    ax.plot(range(len(learned_t1)), lam(learned_t1), "o-", ms=6, lw=2, color="k",
+            label=label("LD3 (learned)", "learned"))
     ax.set_ylabel("lambda(t_i) = log(alpha/sigma)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
+    l1, l2 = lam(learned_t1), lam(learned_t2)
+    ax2.axhline(0.0, color="0.6", lw=0.8)
+    ax2.plot(range(len(l1)), [b - a for a, b in zip(l1, l2, strict=True)], "x-", color="crimson", ms=7,
+             label="LD3 t2 - t1 (network time vs integration time)")
+    ax2.set_xlabel("step i")
+    ax2.set_ylabel("lambda(t2) - lambda(t1)")
+    ax2.set_xticks(range(len(l1)))
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_sample_rows(rows: Dict[str, torch.Tensor], path: str | os.PathLike, title: str = "") -> None:
+    """One row of images (N, C, H, W in [-1, 1]) per named entry, labelled, each image enlarged (nearest)."""
+    from ld3.utils.images import image_grid
+
+    plt = _pyplot()
+    n = len(rows)
+    first = next(iter(rows.values()))
+    per_row = first.shape[0]
+    fig, axes = plt.subplots(n, 1, figsize=(1.1 * per_row + 1.8, 1.3 * n + 0.5), squeeze=False)
+    for ax, (name, imgs) in zip(axes[:, 0], rows.items(), strict=True):
+        grid = image_grid(imgs, nrow=per_row).numpy()
+        ax.imshow(grid[:, :, 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -42,7 +42,9 @@ class SweepLogger:
         if mode not in WANDB_MODES:
             raise ValueError(f"wandb.mode={mode!r} is not supported; allowed: {list(WANDB_MODES)}")
         if backend == "wandb" and mode != "disabled":
-            import wandb as _wandb
+            from ld3.utils.extras import require
+
+            _wandb = require("wandb", "wandb", "logger=wandb")
 
             self._wandb_run = _wandb.init(
                 project=wcfg.get("project", "ld3"),

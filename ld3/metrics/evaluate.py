@@ -74,14 +74,10 @@ def reference_statistics(
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
-    """A PNG grid of images in [-1, 1]."""
-    from torchvision.utils import save_image
+    """A PNG grid of images in [-1, 1], enlarged so that small images are visible (ld3.utils.images)."""
+    from ld3.utils.images import save_image_grid
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    save_image((images.clamp(-1, 1) + 1) / 2, tmp, nrow=nrow, padding=1)
-    tmp.replace(path)
-    return path
+    return save_image_grid(images, path, nrow=nrow)
 
 
 def evaluate_fid(

@@ -57,7 +57,9 @@ def inception_features(
             f"Inception weights not found at {path}. FID needs {INCEPTION_WEIGHTS} locally "
             f"(no download at run time): run scripts/download_model.sh inception, or set fid.inception_weights"
         )
-    from torchmetrics.image.fid import NoTrainInceptionV3
+    from ld3.utils.extras import require
+
+    NoTrainInceptionV3 = require("torchmetrics.image.fid", "fid", "Inception features").NoTrainInceptionV3
 
     net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                              feature_extractor_weights_path=str(path)).to(device).eval()

@@ -245,6 +245,10 @@ def _check_sd_dir(root: Path) -> None:
 
 
 def _load_sd_components(root: Path, torch_dtype: torch.dtype, variant: str | None) -> Dict[str, Any]:
+    from ld3.utils.extras import require
+
+    require("diffusers", "zoo", "Stable Diffusion models")
+    require("transformers", "zoo", "Stable Diffusion models")
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -351,6 +355,9 @@ def _load_sd_single_file(file: Path, config_dir: PathLike | None, torch_dtype: t
             f"`bash scripts/download_model.sh sd`"
         )
     state = read_single_file_state(file)
+    from ld3.utils.extras import require
+
+    require("diffusers", "zoo", "Stable Diffusion single-file checkpoints")
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
@@ -362,6 +369,14 @@ def _load_sd_single_file(file: Path, config_dir: PathLike | None, torch_dtype: t
         "tokenizer": CLIPTokenizer.from_pretrained(cfg / "tokenizer", local_files_only=True),
         "scheduler_config": _read_json(cfg / "scheduler" / "scheduler_config.json", "scheduler config"),
     }
+
+
+def require_zoo_extra(feature: str) -> None:
+    """Fail first, with one line naming the ``zoo`` extra, when diffusers / transformers are missing."""
+    from ld3.utils.extras import require
+
+    for mod in ("diffusers", "transformers"):
+        require(mod, "zoo", feature)
 
 
 @register_model("stable_diffusion")
@@ -396,6 +411,7 @@ def load_stable_diffusion(
         vae_slicing: decode one image at a time (saves memory at 512x512).
         sha256: pinned checksum (hex digest or prefix) of a single-file checkpoint, verified before loading.
     """
+    require_zoo_extra("Stable Diffusion models")
     if height is not None and width is None or width is not None and height is None:
         raise ValueError(f"give both height and width or neither, got height={height}, width={width}")
     torch_dtype = _dtype(dtype)
@@ -529,6 +545,7 @@ def load_diffusers_unet(
         null_class: the label a class-conditional UNet was trained with as "unconditional", if any
             (enables classifier-free guidance with ``guidance_scale``).
     """
+    require_zoo_extra("diffusers UNet models")
     torch_dtype = _dtype(dtype)
     dev = resolve_device(device)
     root = resolve_weights_path(
@@ -547,7 +564,9 @@ def load_diffusers_unet(
         sched_path = next((c for c in cands if c.is_file()), cands[0])
     sched_cfg = _read_json(sched_path, "scheduler config (the training betas)")
 
-    from diffusers import UNet2DModel
+    from ld3.utils.extras import require
+
+    UNet2DModel = require("diffusers", "zoo", "diffusers UNet models").UNet2DModel
 
     unet = UNet2DModel.from_pretrained(
         root, subfolder=subfolder, torch_dtype=torch_dtype, local_files_only=True, variant=variant
