@@ -115,9 +115,20 @@ def report_error(exc: BaseException, prog: str, code: int) -> None:
 
 
 # ============================================================================================ overrides
-def _configs_in(group: str) -> List[str]:
-    d = CONFIG_DIR / group
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+def _search_dirs(overrides: Sequence[str]) -> List[Path]:
+    """The package's config dir plus the ``file://`` dirs of a ``hydra.searchpath=[...]`` override."""
+    dirs = [CONFIG_DIR]
+    for o in overrides:
+        if o.startswith("hydra.searchpath="):
+            for item in o.split("=", 1)[1].strip("[]").split(","):
+                item = item.strip().strip("'\"")
+                if item.startswith("file://"):
+                    dirs.append(Path(item[len("file://"):]))
+    return dirs
+
+
+def _configs_in(group: str, dirs: Sequence[Path] = (CONFIG_DIR,)) -> List[str]:
+    return sorted({p.stem for d in dirs if (d / group).is_dir() for p in (d / group).glob("*.yaml")})
 
 
 def _flat_keys(d: Any, prefix: str = "") -> List[str]:
@@ -168,6 +179,8 @@ def check_overrides(config_name: str, overrides: Sequence[str], prog: str) -> Di
     from ld3.config_validation import ConfigError, did_you_mean
 
     user = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    search = [o for o in overrides if o.startswith("hydra.searchpath=")]
+    dirs = _search_dirs(search)
     try:
         parsed = OverridesParser.create().parse_overrides(user)
     except Exception as e:  # hydra's OverrideParseException
@@ -175,20 +188,20 @@ def check_overrides(config_name: str, overrides: Sequence[str], prog: str) -> Di
     groups, values = [], []
     for o in parsed:
         key = o.key_or_group
-        (groups if (CONFIG_DIR / key).is_dir() else values).append(o)
+        (groups if any((d / key).is_dir() for d in dirs) else values).append(o)
     for o in groups:
         if o.is_delete() or o.value() is None:
             continue
         if o.is_sweep_override():
             raise ConfigError(f"{o.input_line}: a list of options is a sweep; add -m (python {prog} -m ...)")
         choice = str(o.value())
-        options = _configs_in(o.key_or_group)
+        options = _configs_in(o.key_or_group, dirs)
         if choice not in options:
             raise ConfigError(f"{o.key_or_group}={choice!r} is not a configured {o.key_or_group}"
                               f"{did_you_mean(choice, options)} (allowed: {', '.join(options)})")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=prog):
-        group_overrides = [o.input_line for o in groups]
+        group_overrides = search + [o.input_line for o in groups]
         try:
             base = OmegaConf.to_container(compose(config_name, overrides=group_overrides), resolve=False)
         except Exception as e:  # a group this entry point does not use (gen_data.py learner=ld3)
@@ -206,7 +219,7 @@ def check_overrides(config_name: str, overrides: Sequence[str], prog: str) -> Di
                 raise ConfigError(f"{o.key_or_group!r} is not an option of {prog}{_suggest_key(o.key_or_group, keys)}"
                                   f" (see {prog} --help)")
         try:
-            cfg = compose(config_name, overrides=list(user))
+            cfg = compose(config_name, overrides=search + list(user))
             return OmegaConf.to_container(cfg, resolve=True)
         except Exception as e:
             raise ConfigError(" ".join(str(e).split())) from None
