@@ -279,3 +279,15 @@ def test_learned_file_in_stable_diffusion_pipeline_matches_ld3_sampler(sd_dir, t
     assert (unet_times != unet_times.round()).any()  # fractional times reached the UNet
     torch.testing.assert_close(unet_times.double(), (t2[:-1] * 1000 - 1).float().double())
     assert rel_err(out, ours) < RTOL
+
+
+def test_import_without_diffusers_names_the_extra(repo_root):
+    """With diffusers unimportable, the import fails with one line naming the extra."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['diffusers'] = None; import ld3.integrations.diffusers"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: ld3.integrations.diffusers needs") and ".[zoo]" in last
