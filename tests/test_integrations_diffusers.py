@@ -273,6 +273,7 @@ def test_learned_file_in_stable_diffusion_pipeline_matches_ld3_sampler(sd_dir, t
     pipe = StableDiffusionPipeline.from_pretrained(sd_dir, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = LD3Scheduler.from_discretization(path, pipe.scheduler.config)
+    assert pipe.scheduler.learned_nfe == 5
     out = pipe("a cat", num_inference_steps=5, guidance_scale=7.5, height=16, width=16, latents=z.clone(),
                output_type="latent").images
     unet_times = pipe.scheduler.timesteps
@@ -291,3 +292,27 @@ def test_import_without_diffusers_names_the_extra(repo_root):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: ld3.integrations.diffusers needs") and ".[zoo]" in last
+
+
+def test_round_model_timesteps_and_config_round_trip(unet, tmp_path):
+    """round_model_timesteps: integer UNet times, and the result is ld3's solver on the rounded network times;
+    save_config / from_pretrained keep the learned grid."""
+    sched0 = LD3Scheduler()
+    ns = sched0.noise_schedule
+    t1 = get_timesteps("logSNR", ns, 4, solver="dpm_solver++")
+    t2 = t1.clone()
+    t2[1:-1] += 0.0017
+    path = save_discretization(tmp_path / "d.json", t1, model_timesteps=t2, solver="dpm_solver++", nfe=4)
+    sched = LD3Scheduler.from_discretization(path, sched0.config, round_model_timesteps=True)
+    sched.save_config(tmp_path / "saved")
+    sched = LD3Scheduler.from_pretrained(tmp_path / "saved")
+    assert sched.config.learned_model_timesteps == t2.tolist() and sched.config.solver == "dpm_solver++"
+    sched.set_timesteps(None)
+    k = sched.timesteps.double()
+    assert torch.equal(k, k.round()) and k.tolist() == torch.round(t2[:-1] * 1000 - 1).tolist()
+    x = x_T(2, 6)
+    model_fn = model_wrapper(lambda z, t: unet(z, t).sample, ns)
+    t2_rounded = (torch.round(t2 * 1000 - 1) + 1) / 1000
+    with torch.no_grad():
+        direct = get_solver("dpm_solver++", ns).sample(model_fn, x, t1, model_timesteps=t2_rounded)
+    assert rel_err(loop(sched, unet, x, 4), direct) < 1e-6

@@ -189,6 +189,11 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         config["discretization"] = None
         return cls.from_config(config)
 
+    @property
+    def learned_nfe(self) -> Optional[int]:
+        """Network calls of the learned grid (the ``num_inference_steps`` to pass), None without one."""
+        return None if self._learned is None else int(self.solver.nfe(self._learned[0].numel()))
+
     # ------------------------------------------------------------------ diffusers interface
     def __len__(self) -> int:
         return self.num_train
