@@ -192,6 +192,10 @@ def test_spacing_matches_diffusers_multistep_schedulers():
             s = DPMSolverMultistepScheduler(timestep_spacing=spacing, steps_offset=offset)
             s.set_timesteps(n)
             assert spacing_train_steps(spacing, 1000, n, offset).tolist() == s.timesteps.tolist()
+            if spacing == "leading":
+                continue  # not a discretization kind (it does not start at t = T)
+            ts = get_timesteps(spacing, LD3Scheduler().noise_schedule, n, solver="ddim")  # the discretization kind
+            assert torch.round(ts[:-1] * 1000 - 1).tolist() == s.timesteps.tolist() and ts[-1] == 1 / 1000
 
 
 # --------------------------------------------------------------------------------------------------------- SD

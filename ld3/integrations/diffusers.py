@@ -46,33 +46,10 @@ except ImportError as _e:  # pragma: no cover - exercised only without diffusers
 
 from ld3.discretizations import get_discretization
 from ld3.discretizations import load as load_discretization
+from ld3.discretizations.spacing import TIMESTEP_SPACINGS, spacing_grid, spacing_train_steps  # noqa: F401
 from ld3.models.zoo.diffusers_models import PREDICTION_TYPES, betas_from_scheduler_config
 from ld3.schedules import NoiseScheduleVP
 from ld3.solvers import get_solver
-
-#: diffusers' ``timestep_spacing`` kinds (used when no ``discretization`` kind is configured)
-TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
-
-
-def spacing_train_steps(spacing: str, num_train_timesteps: int, num_steps: int, steps_offset: int = 0) -> np.ndarray:
-    """The ``num_steps`` integer training steps (descending) of diffusers' multistep schedulers
-    (DPMSolverMultistep, DEISMultistep, UniPCMultistep) for ``timestep_spacing`` = ``spacing``.
-
-    linspace: round(linspace(0, N - 1, M + 1)) without its last point; leading: multiples of N // (M + 1) plus
-    ``steps_offset``; trailing: round(arange(N, 0, -N / M)) - 1.
-    """
-    n, m = int(num_train_timesteps), int(num_steps)
-    if m < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {m}")
-    if spacing == "linspace":
-        ks = np.linspace(0, n - 1, m + 1).round()[::-1][:-1]
-    elif spacing == "leading":
-        ks = (np.arange(0, m + 1) * (n // (m + 1))).round()[::-1][:-1] + int(steps_offset)
-    elif spacing == "trailing":
-        ks = np.arange(n, 0, -n / m).round() - 1
-    else:
-        raise ValueError(f"timestep_spacing={spacing!r} is not supported; allowed: {list(TIMESTEP_SPACINGS)}")
-    return ks.astype(np.int64)
 
 
 class _Pause(Exception):
@@ -224,10 +201,7 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
             mts = ts.clone() if d.model_timesteps is None else d.model_timesteps.to(torch.float64)
             return ts, mts
         n_points = int(self.solver.num_timesteps(nfe))
-        ks = spacing_train_steps(self.config.timestep_spacing, self.num_train, n_points - 1, self.config.steps_offset)
-        ts = torch.cat([self._from_unet_time(torch.as_tensor(ks, dtype=torch.float64)),
-                        torch.tensor([1.0 / self.num_train], dtype=torch.float64)])
-        ts = self.noise_schedule.check_grid(ts, name=f"{self.config.timestep_spacing} grid for {nfe} steps")
+        ts = spacing_grid(self.config.timestep_spacing, self.num_train, n_points, self.config.steps_offset)
         return ts, ts.clone()
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device, None] = None,
