@@ -320,3 +320,40 @@ def test_round_model_timesteps_and_config_round_trip(unet, tmp_path):
     with torch.no_grad():
         direct = get_solver("dpm_solver++", ns).sample(model_fn, x, t1, model_timesteps=t2_rounded)
     assert rel_err(loop(sched, unet, x, 4), direct) < 1e-6
+
+
+DEIS_NAMES = ("solver_order", "solver_type", "algorithm_type", "lower_order_final", "use_karras_sigmas",
+              "thresholding", "dynamic_thresholding_ratio", "sample_max_value")
+
+
+@pytest.mark.parametrize("cfg", [
+    {"solver_order": 2},
+    {"solver_order": 3, "lower_order_final": False},
+    {"solver_order": 2, "thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.2},
+], ids=["order2", "order3-no-lower-final", "thresholding"])
+def test_deis_solver_takes_diffusers_option_names(unet, cfg):
+    """The deis solver built from DEISMultistepScheduler's own config keys runs DEISMultistepScheduler."""
+    theirs_sched = DEISMultistepScheduler(**cfg)
+    opts = {k: theirs_sched.config[k] for k in DEIS_NAMES}
+    assert opts["solver_type"] == "logrho" and opts["algorithm_type"] == "deis"
+    theirs = loop(theirs_sched, unet, x_T(2, 7), 8)
+    ours = loop(LD3Scheduler(solver="deis", solver_options=opts), unet, x_T(2, 7), 8)
+    assert rel_err(ours, theirs) < RTOL
+    if cfg.get("thresholding"):  # the thresholding is active on this network
+        assert rel_err(loop(DEISMultistepScheduler(solver_order=2), unet, x_T(2, 7), 8), theirs) > 1e-3
+
+
+def test_deis_diffusers_names_errors():
+    ns = LD3Scheduler().noise_schedule
+    assert get_solver("deis", ns, solver_order=2).order == 2 and get_solver("deis", ns).order == 3
+    assert get_solver("deis", ns).variant == "tab" and get_solver("deis", ns, solver_type="logrho").variant == "logrho"
+    with pytest.raises(ValueError, match="disagree"):
+        get_solver("deis", ns, order=3, solver_order=2)
+    with pytest.raises(ValueError, match="disagree"):
+        get_solver("deis", ns, variant="tab", solver_type="logrho")
+    with pytest.raises(ValueError, match="solver_type='bh2'"):
+        get_solver("deis", ns, solver_type="bh2")
+    with pytest.raises(ValueError, match="dpm_solver"):
+        get_solver("deis", ns, algorithm_type="dpmsolver++")
+    with pytest.raises(ValueError, match="'edm'"):
+        get_solver("deis", ns, use_karras_sigmas=True)
