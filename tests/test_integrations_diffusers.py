@@ -339,6 +339,8 @@ def test_deis_solver_takes_diffusers_option_names(unet, cfg):
     theirs = loop(theirs_sched, unet, x_T(2, 7), 8)
     ours = loop(LD3Scheduler(solver="deis", solver_options=opts), unet, x_T(2, 7), 8)
     assert rel_err(ours, theirs) < RTOL
+    # the same through from_config of the DEIS scheduler's own config
+    assert torch.equal(loop(LD3Scheduler.from_config(theirs_sched.config, solver="deis"), unet, x_T(2, 7), 8), ours)
     if cfg.get("thresholding"):  # the thresholding is active on this network
         assert rel_err(loop(DEISMultistepScheduler(solver_order=2), unet, x_T(2, 7), 8), theirs) > 1e-3
 

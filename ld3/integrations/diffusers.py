@@ -51,6 +51,10 @@ from ld3.models.zoo.diffusers_models import PREDICTION_TYPES, betas_from_schedul
 from ld3.schedules import NoiseScheduleVP
 from ld3.solvers import get_solver
 
+#: DEISMultistepScheduler options that the deis solver takes under the same names
+DEIS_OPTION_NAMES = ("solver_order", "solver_type", "algorithm_type", "lower_order_final", "use_karras_sigmas",
+                     "thresholding", "dynamic_thresholding_ratio", "sample_max_value")
+
 
 class _Pause(Exception):
     """Raised by the replay ``model_fn`` at the first network call without a stored output."""
@@ -140,6 +144,21 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         self._reset_run()
 
     # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """diffusers' ``from_config`` (reads the schedule keys of any scheduler config). For a
+        ``DEISMultistepScheduler`` config (``algorithm_type='deis'``) with ``solver='deis'`` and no
+        ``solver_options``, its DEIS options (``solver_order``, ``solver_type``, ``algorithm_type``,
+        ``lower_order_final``, ``use_karras_sigmas``, thresholding) become the solver's, so the scheduler runs
+        the same method."""
+        if config is not None and not isinstance(config, (str, bytes)) and hasattr(config, "get"):
+            solver = kwargs.get("solver", config.get("solver"))
+            is_deis = config.get("_class_name") == "DEISMultistepScheduler" or config.get("algorithm_type") == "deis"
+            if (is_deis and solver == "deis"
+                    and kwargs.get("solver_options", config.get("solver_options")) is None):
+                kwargs["solver_options"] = {k: config[k] for k in DEIS_OPTION_NAMES if k in config}
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
     @classmethod
     def from_discretization(
         cls, path: Any, scheduler_config: Optional[Dict[str, Any]] = None, **overrides: Any
