@@ -5,7 +5,8 @@ times, descending from t_max to t_min, of length ``solver.num_timesteps(nfe)`` w
 or registry name) is given, else ``nfe + 1``. ``get_discretization`` returns the same grid as a
 :class:`Discretization` with its provenance (and the decoupled ``model_timesteps`` of learned
 files). Kinds (``available()``): time_uniform, time_quadratic, logSNR, edm, poly (handcrafted.py),
-gits, dmn, ays, learned. ``save``/``load`` read and write the ``ld3.discretization/1`` JSON format;
+gits, dmn, ays, learned, linspace / trailing (spacing.py: diffusers' ``timestep_spacing``).
+``save``/``load`` read and write the ``ld3.discretization/1`` JSON format;
 ``load`` also reads the LD3 reference's ``best_v2.pt``. See docs/discretizations.md.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ld3.discretizations import ays, dmn, gits, handcrafted, learned  # noqa: F401  (register the kinds)
+from ld3.discretizations import ays, dmn, gits, handcrafted, learned, spacing  # noqa: F401  (register the kinds)
 from ld3.discretizations.base import (
     Discretization,
     Request,

@@ -31,7 +31,7 @@ qsh-zh/deis has no lower-order final steps). NFE = N = len(timesteps) - 1.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -48,6 +48,18 @@ from ld3.solvers.base import ModelFn, Solver, StepHook, register_solver
 from ld3.solvers.common import Grid, check_choice, check_int_range, grid_quantities, per_sample, threshold_noise
 
 VARIANTS = ("logrho", "tab")
+#: diffusers' DEISMultistepScheduler ``solver_type`` values (its only one; = variant 'logrho')
+DIFFUSERS_SOLVER_TYPES = {"logrho": "logrho"}
+
+
+def _one_of(name: str, value: Any, alias: str, alias_value: Any, default: Any) -> Any:
+    """``value`` or its diffusers-named ``alias``; both given must agree."""
+    if alias_value is not None:
+        alias_value = DIFFUSERS_SOLVER_TYPES.get(alias_value, alias_value)
+        if value is not None and value != alias_value:
+            raise ValueError(f"{name}={value!r} and {alias}={alias_value!r} disagree; give one of them")
+        return alias_value
+    return default if value is None else value
 
 
 @register_solver("deis")
@@ -63,22 +75,50 @@ class DEIS(Solver):
         quadrature_points: Gauss-Legendre nodes per step for 'tab' (default 16).
         thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen dynamic thresholding of
             the data prediction implied by each noise prediction (as diffusers' DEIS).
+
+    diffusers' ``DEISMultistepScheduler`` option names are accepted with its meanings: ``solver_order``
+    (= order), ``solver_type='logrho'`` (= variant 'logrho'), ``algorithm_type='deis'`` (the only one),
+    ``lower_order_final`` and the thresholding options (same names), ``use_karras_sigmas=False`` (True is a
+    grid choice: an error pointing to the 'edm' discretization). An option and its alias given together must
+    agree.
     """
 
     def __init__(
         self,
         noise_schedule,
-        order: int = 3,
-        variant: str = "tab",
+        order: Optional[int] = None,
+        variant: Optional[str] = None,
         lower_order_final: bool = True,
         lower_order_final_below: int = 15,
         quadrature_points: int = 16,
+        solver_order: Optional[int] = None,
+        solver_type: Optional[str] = None,
+        algorithm_type: str = "deis",
+        use_karras_sigmas: bool = False,
         **options: Any,
     ) -> None:
         super().__init__(noise_schedule, **options)
+        order = _one_of("order", order, "solver_order", solver_order, 3)
         self.order = check_int_range("order", order, 1, 3)
+        if solver_type is not None and solver_type not in DIFFUSERS_SOLVER_TYPES:
+            raise ValueError(
+                f"solver_type={solver_type!r} is not supported; diffusers' DEIS has {list(DIFFUSERS_SOLVER_TYPES)} "
+                f"(= variant='logrho'); use variant='tab' for the DEIS paper's tAB"
+            )
+        variant = _one_of("variant", variant, "solver_type", solver_type, "tab")
         check_choice("variant", variant, VARIANTS)
         self.variant = variant
+        if algorithm_type != "deis":
+            raise ValueError(
+                f"algorithm_type={algorithm_type!r} is not supported by deis; allowed: ['deis'] (diffusers' DEIS "
+                f"silently runs 'deis' for 'dpmsolver' / 'dpmsolver++'; here use the dpm_solver++ solver instead)"
+            )
+        if check_bool("use_karras_sigmas", use_karras_sigmas):
+            raise ValueError(
+                "use_karras_sigmas=True chooses the time grid, not the solver: use the discretization kind 'edm' "
+                "(Karras et al.'s rho = 7 law on sigma / alpha over the model's range); diffusers also rounds the "
+                "network times to integer steps (LD3Scheduler's round_model_timesteps=True)"
+            )
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.lower_order_final_below = check_int_range("lower_order_final_below", lower_order_final_below, 1, 10**9)
         self.quadrature_points = check_int_range("quadrature_points", quadrature_points, 1, 256)

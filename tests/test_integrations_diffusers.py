@@ -1,0 +1,361 @@
+"""``LD3Scheduler`` inside diffusers loops and pipelines.
+
+References are independent of the code under test: diffusers' own DEISMultistepScheduler and
+DPMSolverMultistepScheduler stepping the same tiny random UNet, and ld3's own ``solver.sample`` called
+directly (not through the scheduler) on the same network. diffusers keeps its tables in float32 while ld3
+computes its coefficients in float64, so agreement is to float32 rounding (measured ~2e-7 relative; the
+bound is 1e-5).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffusers import (  # noqa: E402
+    DDPMPipeline,
+    DEISMultistepScheduler,
+    DPMSolverMultistepScheduler,
+    UNet2DModel,
+)
+
+from ld3.discretizations import get_timesteps  # noqa: E402
+from ld3.discretizations import save as save_discretization  # noqa: E402
+from ld3.integrations.diffusers import LD3Scheduler, spacing_train_steps  # noqa: E402
+from ld3.models.wrapper import model_wrapper  # noqa: E402
+from ld3.solvers import get_solver  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    ).eval()
+
+
+def x_T(batch: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def loop(sched, unet, x, steps):
+    """The DDPM-pipeline loop, on raw states (no clamping)."""
+    sched.set_timesteps(steps)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in sched.timesteps:
+            x = sched.step(unet(sched.scale_model_input(x, t), t).sample, t, x).prev_sample
+    return x
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("steps", [6, 10])
+def test_deis_logrho_matches_diffusers(unet, order, steps):
+    theirs = loop(DEISMultistepScheduler(solver_order=order), unet, x_T(2), steps)
+    ours_sched = LD3Scheduler(solver="deis", solver_options={"order": order, "variant": "logrho"})
+    ours = loop(ours_sched, unet, x_T(2), steps)
+    assert rel_err(ours, theirs) < RTOL
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_dpm_solver_pp_2m_matches_diffusers(unet, spacing):
+    cfg = dict(timestep_spacing=spacing, steps_offset=1 if spacing == "leading" else 0)
+    theirs_sched = DPMSolverMultistepScheduler(solver_order=2, final_sigmas_type="sigma_min", **cfg)
+    theirs = loop(theirs_sched, unet, x_T(2), 8)
+    ours_sched = LD3Scheduler.from_config(
+        theirs_sched.config, solver="dpm_solver++", solver_options={"order": 2, "lower_order_final_below": 15}
+    )
+    ours = loop(ours_sched, unet, x_T(2), 8)
+    assert ours_sched.timesteps.tolist() == [float(k) for k in theirs_sched.timesteps]
+    assert rel_err(ours, theirs) < RTOL
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"prediction_type": "v_prediction"},
+        {"prediction_type": "sample"},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"beta_schedule": "squaredcos_cap_v2"},
+        {"trained_betas": torch.linspace(2e-4, 3e-2, 500).tolist(), "num_train_timesteps": 500},
+    ],
+    ids=["v", "sample", "scaled_linear", "cosine", "trained_betas"],
+)
+def test_from_config_schedules_and_prediction_types(unet, cfg):
+    """The same network read as v / x0 / eps under each beta schedule: diffusers' DEIS and ours agree."""
+    theirs_sched = DEISMultistepScheduler(solver_order=2, **cfg)
+    theirs = loop(theirs_sched, unet, x_T(2), 7)
+    ours = loop(LD3Scheduler.from_config(theirs_sched.config, solver="deis",
+                                         solver_options={"order": 2, "variant": "logrho"}), unet, x_T(2), 7)
+    assert rel_err(ours, theirs) < RTOL
+
+
+def test_ddpm_pipeline_images(unet):
+    """The stock DDPMPipeline with LD3Scheduler gives the images of DEISMultistepScheduler's loop (DDPMPipeline
+    itself cannot run DEISMultistepScheduler: it passes ``generator`` to ``step``)."""
+    sched = LD3Scheduler(solver="deis", solver_options={"order": 3, "variant": "logrho"})
+    pipe = DDPMPipeline(unet=unet, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(1)
+    ours = pipe(batch_size=2, generator=gen, num_inference_steps=9, output_type="np").images
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))  # DDPMPipeline's initial noise
+    x = loop(DEISMultistepScheduler(solver_order=3), unet, noise, 9)
+    theirs = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert ours.shape == (2, 8, 8, 3)
+    assert abs(ours - theirs).max() < 1e-5
+    assert 0 < theirs.std()  # not a constant image
+
+
+def test_reuse_across_batch_sizes_and_set_timesteps(unet):
+    """One scheduler object, runs of batch 2, 3, a new step count, and a rerun without set_timesteps: each
+    equals a fresh scheduler's run and ld3's own sampler."""
+    opts = {"solver": "uni_pc", "solver_options": {"order": 2}, "discretization": "logSNR"}
+    sched = LD3Scheduler(**opts)
+    runs = [(x_T(2, 0), 6), (x_T(3, 1), 6), (x_T(1, 2), 9)]
+    for x, steps in runs:
+        again = loop(sched, unet, x, steps)
+        fresh = loop(LD3Scheduler(**opts), unet, x, steps)
+        assert torch.equal(again, fresh)
+    # a second run on the same grid without calling set_timesteps again
+    x = x_T(2, 3)
+    first = loop(LD3Scheduler(**opts), unet, x, 9)
+    with torch.no_grad():
+        y = x
+        for t in sched.timesteps:
+            y = sched.step(unet(y, t).sample, t, y).prev_sample
+    assert torch.equal(y, first)
+    # and the scheduler's result is ld3's own sampler on the same network
+    ns = sched.noise_schedule
+    model_fn = model_wrapper(lambda z, t: unet(z, t).sample, ns)
+    ts = get_timesteps("logSNR", ns, 9, solver="uni_pc")
+    with torch.no_grad():
+        direct = get_solver("uni_pc", ns, order=2).sample(model_fn, x, ts)
+    assert rel_err(first, direct) < 1e-6
+
+
+def test_two_calls_per_step_solver_lists_every_network_time(unet):
+    """heun (2 calls per step): timesteps lists each call's UNet time, the result is heun's own."""
+    sched = LD3Scheduler(solver="heun", discretization="edm")
+    sched.set_timesteps(7)
+    assert len(sched.timesteps) == 7
+    ns = sched.noise_schedule
+    ts = get_timesteps("edm", ns, 7, solver="heun")
+    x = x_T(2, 4)
+    model_fn = model_wrapper(lambda z, t: unet(z, t).sample, ns)
+    with torch.no_grad():
+        direct = get_solver("heun", ns).sample(model_fn, x, ts)
+    assert rel_err(loop(sched, unet, x, 7), direct) < 1e-6
+
+
+def test_errors_are_early_and_clear(unet, tmp_path):
+    with pytest.raises(ValueError, match="prediction_type"):
+        LD3Scheduler(prediction_type="flow")
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        LD3Scheduler(timestep_spacing="karras")
+    with pytest.raises(ValueError, match="unknown solver"):
+        LD3Scheduler(solver="nope")
+    sched = LD3Scheduler()
+    with pytest.raises(ValueError, match="set_timesteps"):
+        sched.step(torch.zeros(1, 3, 8, 8), 999, torch.zeros(1, 3, 8, 8))
+    sched.set_timesteps(4)
+    x = x_T(1)
+    with torch.no_grad():
+        y = sched.step(unet(x, sched.timesteps[0]).sample, sched.timesteps[0], x).prev_sample
+        with pytest.raises(ValueError, match="prev_sample"):
+            sched.step(unet(y, sched.timesteps[1]).sample, sched.timesteps[1], y + 1)
+    path = save_discretization(tmp_path / "d.json", torch.tensor([1.0, 0.5, 0.001]), solver="ddim", nfe=2)
+    learned = LD3Scheduler.from_discretization(path)
+    with pytest.raises(ValueError, match="exactly 2 network calls"):
+        learned.set_timesteps(5)
+
+
+def test_spacing_matches_diffusers_multistep_schedulers():
+    for spacing, offset in (("linspace", 0), ("leading", 1), ("trailing", 0)):
+        for n in (1, 5, 7, 20, 50):
+            s = DPMSolverMultistepScheduler(timestep_spacing=spacing, steps_offset=offset)
+            s.set_timesteps(n)
+            assert spacing_train_steps(spacing, 1000, n, offset).tolist() == s.timesteps.tolist()
+            if spacing == "leading":
+                continue  # not a discretization kind (it does not start at t = T)
+            ts = get_timesteps(spacing, LD3Scheduler().noise_schedule, n, solver="ddim")  # the discretization kind
+            assert torch.round(ts[:-1] * 1000 - 1).tolist() == s.timesteps.tolist() and ts[-1] == 1 / 1000
+
+
+# --------------------------------------------------------------------------------------------------------- SD
+MAX_LEN = 12
+
+
+def _write_clip_tokenizer(folder: Path) -> None:
+    """A tiny byte-level BPE vocabulary in CLIP's file format (vocab.json + merges.txt + configs)."""
+    folder.mkdir(parents=True)
+    letters = list(string.ascii_lowercase)
+    vocab = ["<|startoftext|>", "<|endoftext|>", "!"] + letters + [c + "</w>" for c in letters]
+    vocab += ["ca", "cat</w>"]
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\nc a\nca t</w>\n")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+               "unk_token": "<|endoftext|>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LEN, "do_lower_case": True, **special}))
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory) -> Path:
+    """A tiny Stable Diffusion pipeline directory (diffusers' save_pretrained layout)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    root = tmp_path_factory.mktemp("weights") / "tiny-sd"
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8,
+    ).save_pretrained(root / "unet")
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
+    ).save_pretrained(root / "vae")
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        max_position_embeddings=MAX_LEN, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )).save_pretrained(root / "text_encoder")
+    _write_clip_tokenizer(root / "tokenizer")
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({  # stable-diffusion-v1-5's values
+        "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+        "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+        "trained_betas": None, "clip_sample": False,
+    }))
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
+        "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }))
+    return root
+
+
+def test_learned_file_in_stable_diffusion_pipeline_matches_ld3_sampler(sd_dir, tmp_path):
+    """A learned discretization with decoupled (fractional) network times, dropped into StableDiffusionPipeline,
+    gives the latents of ld3's own sampler on the same model (ld3's zoo loader), prompt and guidance."""
+    from diffusers import StableDiffusionPipeline
+
+    from ld3.models.zoo import load_model
+
+    m = load_model("stable_diffusion", checkpoint=sd_dir.name, weights_dir=sd_dir.parent, device="cpu")
+    ns = m.noise_schedule
+    t1 = get_timesteps("logSNR", ns, 5, solver="ipndm")
+    t2 = t1.clone()
+    t2[1:-1] = t1[1:-1] * 0.97 + 0.0013  # decoupled network times, off the integer training steps
+    path = save_discretization(tmp_path / "discretization.json", t1, model_timesteps=t2, solver="ipndm", nfe=5,
+                               source="learned:test")
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        model_fn = m.model_fn(guidance_scale=7.5, condition=["a cat"], unconditional_condition=[""])
+        ours = get_solver("ipndm", ns).sample(model_fn, z, t1, model_timesteps=t2)
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = LD3Scheduler.from_discretization(path, pipe.scheduler.config)
+    assert pipe.scheduler.learned_nfe == 5
+    out = pipe("a cat", num_inference_steps=5, guidance_scale=7.5, height=16, width=16, latents=z.clone(),
+               output_type="latent").images
+    unet_times = pipe.scheduler.timesteps
+    assert (unet_times != unet_times.round()).any()  # fractional times reached the UNet
+    torch.testing.assert_close(unet_times.double(), (t2[:-1] * 1000 - 1).float().double())
+    assert rel_err(out, ours) < RTOL
+
+
+def test_import_without_diffusers_names_the_extra(repo_root):
+    """With diffusers unimportable, the import fails with one line naming the extra."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['diffusers'] = None; import ld3.integrations.diffusers"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: ld3.integrations.diffusers needs") and ".[zoo]" in last
+
+
+def test_round_model_timesteps_and_config_round_trip(unet, tmp_path):
+    """round_model_timesteps: integer UNet times, and the result is ld3's solver on the rounded network times;
+    save_config / from_pretrained keep the learned grid."""
+    sched0 = LD3Scheduler()
+    ns = sched0.noise_schedule
+    t1 = get_timesteps("logSNR", ns, 4, solver="dpm_solver++")
+    t2 = t1.clone()
+    t2[1:-1] += 0.0017
+    path = save_discretization(tmp_path / "d.json", t1, model_timesteps=t2, solver="dpm_solver++", nfe=4)
+    sched = LD3Scheduler.from_discretization(path, sched0.config, round_model_timesteps=True)
+    sched.save_config(tmp_path / "saved")
+    sched = LD3Scheduler.from_pretrained(tmp_path / "saved")
+    assert sched.config.learned_model_timesteps == t2.tolist() and sched.config.solver == "dpm_solver++"
+    sched.set_timesteps(None)
+    k = sched.timesteps.double()
+    assert torch.equal(k, k.round()) and k.tolist() == torch.round(t2[:-1] * 1000 - 1).tolist()
+    x = x_T(2, 6)
+    model_fn = model_wrapper(lambda z, t: unet(z, t).sample, ns)
+    t2_rounded = (torch.round(t2 * 1000 - 1) + 1) / 1000
+    with torch.no_grad():
+        direct = get_solver("dpm_solver++", ns).sample(model_fn, x, t1, model_timesteps=t2_rounded)
+    assert rel_err(loop(sched, unet, x, 4), direct) < 1e-6
+
+
+DEIS_NAMES = ("solver_order", "solver_type", "algorithm_type", "lower_order_final", "use_karras_sigmas",
+              "thresholding", "dynamic_thresholding_ratio", "sample_max_value")
+
+
+@pytest.mark.parametrize("cfg", [
+    {"solver_order": 2},
+    {"solver_order": 3, "lower_order_final": False},
+    {"solver_order": 2, "thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.2},
+], ids=["order2", "order3-no-lower-final", "thresholding"])
+def test_deis_solver_takes_diffusers_option_names(unet, cfg):
+    """The deis solver built from DEISMultistepScheduler's own config keys runs DEISMultistepScheduler."""
+    theirs_sched = DEISMultistepScheduler(**cfg)
+    opts = {k: theirs_sched.config[k] for k in DEIS_NAMES}
+    assert opts["solver_type"] == "logrho" and opts["algorithm_type"] == "deis"
+    theirs = loop(theirs_sched, unet, x_T(2, 7), 8)
+    ours = loop(LD3Scheduler(solver="deis", solver_options=opts), unet, x_T(2, 7), 8)
+    assert rel_err(ours, theirs) < RTOL
+    # the same through from_config of the DEIS scheduler's own config
+    assert torch.equal(loop(LD3Scheduler.from_config(theirs_sched.config, solver="deis"), unet, x_T(2, 7), 8), ours)
+    if cfg.get("thresholding"):  # the thresholding is active on this network
+        assert rel_err(loop(DEISMultistepScheduler(solver_order=2), unet, x_T(2, 7), 8), theirs) > 1e-3
+
+
+def test_deis_diffusers_names_errors():
+    ns = LD3Scheduler().noise_schedule
+    assert get_solver("deis", ns, solver_order=2).order == 2 and get_solver("deis", ns).order == 3
+    assert get_solver("deis", ns).variant == "tab" and get_solver("deis", ns, solver_type="logrho").variant == "logrho"
+    with pytest.raises(ValueError, match="disagree"):
+        get_solver("deis", ns, order=3, solver_order=2)
+    with pytest.raises(ValueError, match="disagree"):
+        get_solver("deis", ns, variant="tab", solver_type="logrho")
+    with pytest.raises(ValueError, match="solver_type='bh2'"):
+        get_solver("deis", ns, solver_type="bh2")
+    with pytest.raises(ValueError, match="dpm_solver"):
+        get_solver("deis", ns, algorithm_type="dpmsolver++")
+    with pytest.raises(ValueError, match="'edm'"):
+        get_solver("deis", ns, use_karras_sigmas=True)
