@@ -44,7 +44,7 @@ def plot_training_curve(history: Sequence[Mapping[str, Any]], path: str | os.Pat
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)
-    rows = [h for h in history if h.get("kind") in ("train", "valid")]
+    rows = [h for h in history if h.get("kind") in ("train", "valid") and "lr1" in h]
     if rows:
         ax2.plot([h["iter"] for h in rows], [h["lr1"] for h in rows], label="lr params1")
         ax2.plot([h["iter"] for h in rows], [h["lr2"] for h in rows], label="lr params2")
@@ -75,8 +75,8 @@ def plot_schedule(
     for name, t in baselines.items():
         ax.plot(range(len(t)), lam(t), ".-", lw=1, alpha=0.8, label=name)
     ax.plot(range(len(learned_t1)), lam(learned_t1), "o", ms=7, mfc="none", mew=1.6, color="k",
-            label="LD3 t1 (integration)")
-    ax.plot(range(len(learned_t2)), lam(learned_t2), "x", ms=7, color="crimson", label="LD3 t2 (network)")
+            label="learned t1 (integration)")
+    ax.plot(range(len(learned_t2)), lam(learned_t2), "x", ms=7, color="crimson", label="learned t2 (network)")
     ax.set_xlabel("step i")
     ax.set_ylabel("lambda(t_i) = log(alpha/sigma)")
     ax.grid(alpha=0.3)
