@@ -111,7 +111,8 @@ def handcrafted_grids(noise_schedule: Any, steps: int, solver: Any, kinds=HANDCR
 
 
 def prior_grid(
-    pcfg: Dict[str, Any], loaded: Any, solver: Any, steps: int, make_fn: Any = None, device: Any = None
+    pcfg: Dict[str, Any], loaded: Any, solver: Any, steps: int, mcfg: Dict[str, Any] | None = None,
+    device: Any = None,
 ) -> torch.Tensor:
     """The grid ``match_prior`` fits: explicit ``prior.timesteps`` (in ``prior.time_unit``) or a kind."""
     ns = loaded.noise_schedule
@@ -120,14 +121,12 @@ def prior_grid(
         t = torch.as_tensor(list(ts), dtype=torch.float64)
         return ns.time_from_unit(t, pcfg.get("time_unit", "t"))
     from ld3.discretizations import get_timesteps
+    from ld3.discretizations.gits import with_model_options
 
     kind = pcfg.get("kind", "gits")
-    opts = dict(pcfg.get("options") or {})
-    if str(kind).lower() == "gits" and "cost" not in opts:  # GITS needs the model itself
-        opts.setdefault("model_fn", (make_fn or model_fn_factory(loaded, {}))(None, None))
-        opts.setdefault("shape", tuple(loaded.shape))
-        if device is not None:
-            opts.setdefault("device", device)
+    mcfg = mcfg or {}
+    opts = with_model_options(kind, dict(pcfg.get("options") or {}), loaded, device, mcfg.get("guidance_type"),
+                              mcfg.get("guidance_scale"))
     return get_timesteps(kind, ns, steps, solver=solver, **opts).detach().cpu().double()
 
 
@@ -418,7 +417,7 @@ def _run(su: RunSetup, lcfg, run_dir, data, data_root, logger, on_step, hyper):
                 f"{k} {v:.6g}" for k, v in scores.items()) + f" -> {pick}")
             trainer.match_prior(cands[pick])
         else:
-            trainer.match_prior(prior_grid(pcfg, loaded, solver, steps, make_fn, device))
+            trainer.match_prior(prior_grid(pcfg, loaded, solver, steps, mcfg, device))
     t0 = time.time()
     try:
         state = trainer.train()
