@@ -70,6 +70,8 @@ def resolve_time_mode(time_mode: str, noise_schedule: NoiseSchedule) -> str:
         return time_mode
     return noise_schedule.default_time_mode
 WINDOW_FROM = ("steps", "logits")
+#: ``init``: the better of the reference start and the best hand-crafted grid (ours), or the reference start
+INIT_CHOICES = ("auto", "reference")
 
 
 # ============================================================================================ config
@@ -106,6 +108,7 @@ class LD3Config:
     prior_bound: float | None = None
     fix_bound: bool = False
     validate_first_batch_only: bool = True
+    init: str = "auto"
     match_prior: bool = False
     prior: Dict[str, Any] = field(default_factory=lambda: {"kind": "gits", "options": {}, "timesteps": None})
     low_gpu: bool = False
@@ -116,6 +119,8 @@ class LD3Config:
     def __post_init__(self) -> None:
         if self.time_mode not in CONFIG_TIME_MODES:
             raise ValueError(f"time_mode={self.time_mode!r} is not supported; allowed: {list(CONFIG_TIME_MODES)}")
+        if self.init not in INIT_CHOICES:
+            raise ValueError(f"init={self.init!r} is not supported; allowed: {list(INIT_CHOICES)}")
         if self.window_from not in WINDOW_FROM:
             raise ValueError(f"window_from={self.window_from!r} is not supported; allowed: {list(WINDOW_FROM)}")
         if not (0.0 <= float(self.win_rate) <= 0.5):

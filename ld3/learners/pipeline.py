@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -128,6 +129,45 @@ def prior_grid(
     opts = with_model_options(kind, dict(pcfg.get("options") or {}), loaded, device, mcfg.get("guidance_type"),
                               mcfg.get("guidance_scale"))
     return get_timesteps(kind, ns, steps, solver=solver, **opts).detach().cpu().double()
+
+
+def choose_start(
+    lcfg: LD3Config, trainer: LD3Trainer, loaded: Any, solver: Any, steps: int, mcfg: Dict[str, Any],
+    device: Any, valid_loss: Callable[..., float],
+) -> Dict[str, Any]:
+    """Set the trainer's start grid and describe it: ``{kind, t1, t2, valid_loss, candidates}``.
+
+    ``match_prior``: the prior (a kind, an explicit list, or ``best_handcrafted``). Otherwise ``init``:
+    ``reference`` keeps the reference start; ``auto`` (ours) takes the better, by validation loss on the
+    original latents, of the reference start and the best hand-crafted grid.
+    """
+    cands: Dict[str, float] = {}
+    kind = "reference"
+    if lcfg.match_prior:
+        pcfg = dict(lcfg.prior)
+        if str(pcfg.get("kind")).lower() == BEST_HANDCRAFTED:
+            grids = handcrafted_grids(loaded.noise_schedule, steps, solver)
+            cands = {k: valid_loss(g) for k, g in grids.items()}
+            kind = min(cands, key=cands.get)
+            log.info("match_prior best_handcrafted on validation: " + ", ".join(
+                f"{k} {v:.6g}" for k, v in cands.items()) + f" -> {kind}")
+            trainer.match_prior(grids[kind])
+        else:
+            kind = f"prior:{pcfg.get('kind') if pcfg.get('timesteps') is None else 'timesteps'}"
+            trainer.match_prior(prior_grid(pcfg, loaded, solver, steps, mcfg, device))
+    elif lcfg.init == "auto":
+        t1, t2 = (t.detach().cpu() for t in trainer.timesteps())
+        cands = {"reference": valid_loss(t1, t2)}
+        grids = handcrafted_grids(loaded.noise_schedule, steps, solver)
+        cands.update({k: valid_loss(g) for k, g in grids.items()})
+        kind = min(cands, key=cands.get)
+        log.info("start (init auto) on validation: " + ", ".join(f"{k} {v:.6g}" for k, v in cands.items())
+                 + f" -> {kind}")
+        if kind != "reference":
+            trainer.match_prior(grids[kind])
+    t1, t2 = (t.detach().cpu().double() for t in trainer.timesteps())
+    return {"kind": kind, "t1": t1.tolist(), "t2": t2.tolist(), "valid_loss": valid_loss(t1, t2),
+            "candidates": cands}
 
 
 # ============================================================================================ teacher data
@@ -403,21 +443,17 @@ def _run(su: RunSetup, lcfg, run_dir, data, data_root, logger, on_step, hyper):
             on_step(t)
 
     trainer.on_step = step_hook
-    if not resumed and lcfg.match_prior:
-        pcfg = dict(lcfg.prior)
-        if str(pcfg.get("kind")).lower() == BEST_HANDCRAFTED:
-            # ours: start from the hand-crafted grid with the lowest validation loss (original latents)
-            sel = valid if len(valid) else train
-            cands = handcrafted_grids(loaded.noise_schedule, steps, solver)
-            scores = {k: evaluate_grid(solver, make_fn, loss_fn, sel, g, decode=decode,
-                                       batch_size=lcfg.eval_batch_size, device=device)["loss"]
-                      for k, g in cands.items()}
-            pick = min(scores, key=scores.get)
-            log.info("match_prior best_handcrafted on validation: " + ", ".join(
-                f"{k} {v:.6g}" for k, v in scores.items()) + f" -> {pick}")
-            trainer.match_prior(cands[pick])
-        else:
-            trainer.match_prior(prior_grid(pcfg, loaded, solver, steps, mcfg, device))
+    sel = valid if len(valid) else train  # what the trainer validates on (original latents here)
+
+    def valid_loss(t1: torch.Tensor, t2: torch.Tensor | None = None) -> float:
+        return evaluate_grid(solver, make_fn, loss_fn, sel, t1, t2, decode=decode, batch_size=lcfg.eval_batch_size,
+                             device=device)["loss"]
+
+    if not resumed:
+        start = choose_start(lcfg, trainer, loaded, solver, steps, mcfg, device, valid_loss)
+        trainer.state["start"] = start  # checkpointed: a resumed run keeps its start
+    start = trainer.state.get("start") or {  # a checkpoint written before starts were recorded
+        "kind": "unknown (resumed)", "t1": None, "t2": None, "valid_loss": math.inf, "candidates": {}}
     t0 = time.time()
     try:
         state = trainer.train()
@@ -425,13 +461,23 @@ def _run(su: RunSetup, lcfg, run_dir, data, data_root, logger, on_step, hyper):
         bar.close()
     train_time = time.time() - t0 + (state.get("elapsed_s", 0.0) if resumed else 0.0)
     t1, t2 = trainer.best_timesteps()
+    # never worse than the start on validation (original latents): otherwise return the start
+    valid_learned = valid_loss(t1, t2)
+    returned = "learned"
+    if valid_learned > start["valid_loss"]:
+        returned = "start"
+        t1 = torch.tensor(start["t1"], dtype=torch.float64)
+        t2 = torch.tensor(start["t2"], dtype=torch.float64)
+        log.info(f"the learned grid is worse on validation than its start ({valid_learned:.6g} > "
+                 f"{start['valid_loss']:.6g}): returning the start ({start['kind']})")
 
     report, grids = held_out_report(su, make_fn, held_out, eval_split, t1, t2, lcfg.eval_batch_size)
     return finish_run(
         su, run_dir, logger, "ld3", t1, t2, report, grids, trainer.history,
         extra={"time_mode": trainer.time_mode, "best_valid_loss": state["best_loss"],
                "stop_reason": state["stop_reason"], "steps_trained": state["iter"], "train_time_s": train_time,
-               "hyper": hyper},
+               "hyper": hyper, "start": start["kind"], "start_valid_loss": start["valid_loss"],
+               "start_candidates": start["candidates"], "learned_valid_loss": valid_learned, "returned": returned},
         disc_config={"learner": lcfg.to_dict(), "hyper": hyper, "loss": loss_label, "seed": seed},
         disc_metrics={"best_valid_loss": state["best_loss"]},
     )
