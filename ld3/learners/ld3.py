@@ -278,6 +278,50 @@ class LD3Parameterization(nn.Module):
             self.params1[0] = logits.mean().to(self.params1.dtype)
 
 
+    # ------------------------------------------------------------------ the reference's best_v2.pt
+    def reference_params(self) -> Dict[str, torch.Tensor]:
+        """``params1``/``params2`` as the LD3 reference stores them in ``best_v2.pt`` (detached, CPU)."""
+        return {"params1": params1_reference_order(self.params1.detach().cpu(), self.time_mode),
+                "params2": self.params2.detach().cpu().clone()}
+
+    def load_reference_params(self, snapshot: Dict[str, torch.Tensor]) -> None:
+        """Set params1/params2 from a reference ``best_v2.pt`` dict (see :func:`params1_reference_order`)."""
+        p1 = torch.as_tensor(snapshot["params1"]).detach().flatten().cpu()
+        p2 = torch.as_tensor(snapshot["params2"]).detach().flatten().cpu()
+        if p1.numel() != self.num_points or p2.numel() != self.num_points:
+            raise ValueError(f"best_v2.pt params1/params2 have {p1.numel()}/{p2.numel()} values; this grid needs "
+                             f"{self.num_points} each")
+        with torch.no_grad():
+            self.params1.copy_(params1_reference_order(p1, self.time_mode).to(self.params1))
+            self.params2.copy_(p2.to(self.params2))
+
+
+def params1_reference_order(params1: torch.Tensor, time_mode: str) -> torch.Tensor:
+    """Our params1 <-> the LD3 reference's (an involution).
+
+    Both put p = softmax(params1) with p_0 free. Lambda mode: the step from grid point i to i + 1
+    (noisiest first) has weight p_{i+1} in both. Time mode: the reference builds the grid from
+    ``cumsum(p).flip(0)`` (vinhsuhi/LD3 ``trainer.py``, ``discretize_model_wrapper``), so step i has
+    weight p_{N-i}; ours keeps p_{i+1} in every mode. The conversion keeps params1[0] and reverses
+    params1[1:] in time mode; params2 is indexed by grid point in both.
+    """
+    if time_mode not in TIME_MODES:
+        raise ValueError(f"time_mode={time_mode!r} is not supported; allowed: {list(TIME_MODES)}")
+    p = params1.detach().clone()
+    if time_mode == "time":
+        p = torch.cat([p[:1], p[1:].flip(0)])
+    return p
+
+
+def load_reference_checkpoint(path: Any) -> Dict[str, torch.Tensor]:
+    """Read a reference ``best_v2.pt`` (tensors only: ``torch.load(weights_only=True)``)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or not {"params1", "params2"} <= set(obj):
+        raise ValueError(f"{path}: expected the LD3 reference's dict with params1 and params2, "
+                         f"got {sorted(obj) if isinstance(obj, dict) else type(obj).__name__}")
+    return obj
+
+
 # ============================================================================================ pieces
 def project_to_ball(latent: torch.Tensor, center: torch.Tensor, radius: float) -> torch.Tensor:
     """Euclidean projection of each sample of ``latent`` onto the L2 ball of ``radius`` around ``center``."""
@@ -542,8 +586,8 @@ class LD3Trainer:
     def _write_best_files(self) -> None:
         if self.run_dir is None or self.best is None:
             return
-        snap = {
-            "params1": self.best["params1"].cpu(),
+        snap = {  # the reference's order of params1 (params1_reference_order)
+            "params1": params1_reference_order(self.best["params1"].cpu(), self.time_mode),
             "params2": self.best["params2"].cpu(),
             "best_t_steps": torch.cat([self.best["t1"], self.best["t2"]]).cpu(),
         }
