@@ -40,7 +40,7 @@ def _exact_teacher(model, n: int, seed: int = 0) -> LD3Data:
 
 def _cfg(tmp_path, solver="ipndm", **learner):
     lcfg = dict(name="timetuner", num_train=8, num_valid=4, num_test=8, batch_size=4, total_iters=6, lr=2e-2,
-                tune_type="sequential", seed=3, verbose=False, log_path=str(tmp_path / "runs"))
+                tune_type="sequential", seed=3, verbose=False, discretization=None, log_path=str(tmp_path / "runs"))
     lcfg.update(learner)
     return {
         "steps": 3, "seed": 0, "device": "cpu", "progress": False,
@@ -111,7 +111,7 @@ def test_learner_registry_and_errors(gmm, tmp_path):
 def test_main_timetuner_multirun(tmp_path):
     args = [
         sys.executable, "main.py", "-m", "learner=timetuner", "model=analytic_gmm", "solver=ddim,ipndm", "steps=3",
-        "device=cpu", "+progress=false", "learner.num_train=6", "learner.num_valid=0", "learner.num_test=6",
+        "device=cpu", "+progress=false", "learner.num_train=6", "learner.num_valid=4", "learner.num_test=6",
         "learner.total_iters=3", "learner.batch_size=3", "learner.verbose=false", "teacher.steps=8",
         f"paths.runs_dir={tmp_path / 'runs'}", f"paths.data_dir={tmp_path / 'data'}",
         f"paths.results={tmp_path / 'results.jsonl'}", f"hydra.sweep.dir={tmp_path / 'hydra'}",
@@ -126,6 +126,9 @@ def test_main_timetuner_multirun(tmp_path):
         r = json.loads(p.read_text())
         assert r["task"] == "timetuner" and r["nfe"] == 3 and r["model"] == "analytic_gmm"
         assert (p.parent / "discretization.json").is_file() and (p.parent / "schedule.png").is_file()
+        # default base grid: the best hand-crafted one on validation; its t1 alone is that grid
+        assert r["base_grid"] in r["handcrafted"]
+        assert r["learned_t1_only"] == pytest.approx(r["handcrafted"][r["base_grid"]], rel=1e-12)
         solvers.add(r["solver"])
     assert solvers == {"ddim", "ipndm"}
     rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]

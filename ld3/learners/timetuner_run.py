@@ -35,6 +35,8 @@ from ld3.learners.timetuner import (
 
 log = logging.getLogger("ld3.learner")
 
+#: ``discretization`` value: the hand-crafted grid with the lowest validation loss as the base grid (ours)
+BEST_HANDCRAFTED = "best_handcrafted"
 #: keys of configs/learner/ld3.yaml that a per-model preset may set and TimeTuner does not use (ignored)
 _LD3_ONLY = frozenset(f.name for f in fields(LD3Config)) - {"num_train", "num_valid", "num_test", "eval_batch_size"}
 
@@ -49,7 +51,7 @@ class TimeTunerRunConfig:
     eta: float = 0.0
     timesteps: List[float] | None = None
     indices: List[float] | None = None
-    discretization: str | None = None
+    discretization: str | None = BEST_HANDCRAFTED
     discretization_options: Dict[str, Any] | None = None
     batch_size: int = 64
     num_train: int = 50
@@ -74,7 +76,7 @@ class TimeTunerRunConfig:
         given = [k for k in ("timesteps", "indices", "discretization") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"learner.{given[0]} and learner.{given[1]} both set; give at most one of "
-                             "timesteps, indices, discretization")
+                             "timesteps, indices, discretization (set the others to null)")
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> TimeTunerRunConfig:
@@ -143,7 +145,7 @@ def run_timetuner(cfg: Any, data: LD3Data | None = None, loaded: Any = None, on_
                          "teacher's pixel outputs and needs an encoder, which the zoo does not provide")
     if on_step is not None:
         raise ValueError("run_timetuner does not take on_step (it has no LD3 trainer)")
-    grid = base_grid(tcfg, su.solver, su.steps)
+    grid = None if tcfg.discretization == BEST_HANDCRAFTED else base_grid(tcfg, su.solver, su.steps)
     name = run_name(su.scfg["name"], su.steps, tcfg, su.loss_label, su.seed)
     run_dir = Path(log_path) / name
     fp_obj = su.fingerprint_inputs({"name": "timetuner", **tcfg.to_dict()})
@@ -165,13 +167,24 @@ def run_timetuner(cfg: Any, data: LD3Data | None = None, loaded: Any = None, on_
         handler.close()
 
 
-def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor, run_dir: Path, data: LD3Data, data_root: str,
-         logger: Any) -> Dict[str, Any]:
+def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor | None, run_dir: Path, data: LD3Data,
+         data_root: str, logger: Any) -> Dict[str, Any]:
     from ld3.learners import pipeline as pl
 
     loaded, solver, device = su.loaded, su.solver, su.device
     gtype, gscale = su.mcfg.get("guidance_type"), su.mcfg.get("guidance_scale")
     train, valid, _, eval_split, held_out = pl.split_for_eval(data, tcfg.num_train, tcfg.num_valid, tcfg.num_test)
+    make_fn = pl.model_fn_factory(loaded, su.mcfg)
+    ev = dict(decode=loaded.decode, batch_size=tcfg.eval_batch_size, device=device)
+    base = "configured"
+    if grid is None:  # best_handcrafted: the hand-crafted grid with the lowest validation loss (original latents)
+        sel = valid if len(valid) else train
+        grids = pl.handcrafted_grids(loaded.noise_schedule, su.steps, solver)
+        scores = {k: evaluate_grid(solver, make_fn, su.loss_fn, sel, g, **ev)["loss"] for k, g in grids.items()}
+        base = min(scores, key=scores.get)
+        grid = grids[base]
+        log.info("TimeTuner base grid on validation: " + ", ".join(f"{k} {v:.6g}" for k, v in scores.items())
+                 + f" -> {base}")
     model_fn = loaded.model_fn(guidance_type=gtype, guidance_scale=gscale)
     labels = train.conditions if isinstance(train.conditions, torch.Tensor) else None
     if train.conditions is not None and labels is None:
@@ -203,11 +216,9 @@ def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor, run_dir: Path, d
             it += 1
             history.append({"kind": "train", "iter": it, "step": step_i, "train_loss": loss_v, "ratio": r})
             logger.log({"train_loss": loss_v, "ratio": r, "tuned_step": step_i}, step=it)
-    make_fn = pl.model_fn_factory(loaded, su.mcfg)
     extra: Dict[str, Any] = {"t_ratios": ratios.tolist(), "steps_trained": it, "train_time_s": train_time,
-                             "tune_type": tcfg.tune_type}
+                             "tune_type": tcfg.tune_type, "base_grid": base}
     if len(valid):  # validation distance to the teacher of the base grid and of the tuned one (recorded only)
-        ev = dict(decode=loaded.decode, batch_size=tcfg.eval_batch_size, device=device)
         extra["valid_loss_base"] = evaluate_grid(solver, make_fn, su.loss_fn, valid, t1, **ev)["loss"]
         extra["valid_loss_tuned"] = evaluate_grid(solver, make_fn, su.loss_fn, valid, t1, t2, **ev)["loss"]
     report, grids = pl.held_out_report(su, make_fn, held_out, eval_split, t1, t2, tcfg.eval_batch_size)
