@@ -221,10 +221,19 @@ def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor | None, run_dir: 
     if len(valid):  # validation distance to the teacher of the base grid and of the tuned one (recorded only)
         extra["valid_loss_base"] = evaluate_grid(solver, make_fn, su.loss_fn, valid, t1, **ev)["loss"]
         extra["valid_loss_tuned"] = evaluate_grid(solver, make_fn, su.loss_fn, valid, t1, t2, **ev)["loss"]
+    extra["returned"] = "learned"
+    if len(valid) and extra["valid_loss_tuned"] > extra["valid_loss_base"]:
+        # as LD3: never a grid worse on validation than the start (here: the base grid, all ratios 1)
+        log.info(f"the tuned times are worse on validation than the base grid ({extra['valid_loss_tuned']:.6g} > "
+                 f"{extra['valid_loss_base']:.6g}): returning the base grid")
+        t2 = t1.clone()
+        extra["returned"] = "start"
+        extra["tuned_t_ratios"] = extra["t_ratios"]
+        extra["t_ratios"] = [1.0] * len(extra["t_ratios"])
     report, grids = pl.held_out_report(su, make_fn, held_out, eval_split, t1, t2, tcfg.eval_batch_size)
     return pl.finish_run(
         su, run_dir, logger, "timetuner", t1, t2, report, grids, history, extra=extra,
-        disc_config={"learner": {"name": "timetuner", **tcfg.to_dict()}, "t_ratios": ratios.tolist(),
+        disc_config={"learner": {"name": "timetuner", **tcfg.to_dict()}, "t_ratios": extra["t_ratios"],
                      "loss": su.loss_label, "seed": su.seed},
         disc_metrics={k: extra[k] for k in ("valid_loss_base", "valid_loss_tuned") if k in extra},
     )
