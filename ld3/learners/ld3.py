@@ -845,7 +845,7 @@ class LD3Trainer:
         path = self.run_dir / "checkpoint.pt"
         if not path.is_file():
             return False
-        sd = torch.load(path, map_location="cpu", weights_only=False)
+        sd = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
         self.load_state_dict(sd)
         log.info(f"resumed from {path} (round {self.state['round']}, phase {self.state['phase']}, "
                  f"step {self.state['iter']}, status {sd.get('status')})")
