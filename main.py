@@ -1,7 +1,7 @@
-"""Learn a time discretization with LD3 (Tong et al. 2024): ``python main.py [overrides]``.
+"""Learn a time discretization (LD3 by default, ``learner=timetuner`` for TimeTuner): ``python main.py [overrides]``.
 
-Thin entry point; the work is done by :func:`ld3.learners.pipeline.run_ld3` (docs/ld3.md). Config checks,
-thread defaults and one-line errors: :mod:`ld3.cli`.
+Thin entry point; the work is done by :func:`ld3.learners.pipeline.run_learner` (docs/ld3.md, docs/timetuner.md).
+Config checks, thread defaults and one-line errors: :mod:`ld3.cli`.
 """
 
 from omegaconf import DictConfig
@@ -11,9 +11,9 @@ from ld3.cli import entry_point
 
 @entry_point("config", "main")
 def main(cfg: DictConfig) -> float:
-    from ld3.learners.pipeline import run_ld3
+    from ld3.learners.pipeline import run_learner
 
-    result = run_ld3(cfg)
+    result = run_learner(cfg)
     return float(result["learned"])  # the held-out distance (what a Hydra sweeper would minimize)
 
 

@@ -36,7 +36,7 @@ from ld3.learners.pipeline import HANDCRAFTED, run_ld3  # noqa: E402
 from ld3.models.zoo import load_model  # noqa: E402
 
 VARIANTS = {
-    "ref": {},
+    "ref": {"init": "reference"},
     "hc": {"match_prior": True, "prior": {"kind": "best_handcrafted", "options": {}, "timesteps": None,
                                           "time_unit": "t"}},
 }

@@ -306,22 +306,15 @@ class _TeacherSampler:
 
     def __init__(self, cfg: GenDataConfig, model: Any, device: torch.device) -> None:
         from ld3.discretizations import get_discretization
+        from ld3.discretizations.gits import with_model_options
         from ld3.solvers import get_solver
 
         self.cfg, self.model, self.device = cfg, model, device
         self.dtype = _DTYPES[cfg.dtype]
         ns = model.noise_schedule
         self.solver = get_solver(cfg.solver["name"], ns, **cfg.solver["options"])
-        opts = dict(cfg.discretization["options"])
-        needs_model = opts.get("cost") is None and opts.get("model_fn") is None
-        if str(cfg.discretization["kind"]).lower() == "gits" and needs_model:
-            # GITS measures the model at hand: unconditional teacher trajectories (conditions vary per sample)
-            guided = cfg.labels is not None or cfg.prompt_path is not None or (
-                (cfg.model.get("guidance_type") or model.default_guidance) != "uncond")
-            opts["model_fn"] = model.model_fn(guidance_type="uncond") if guided else model.model_fn(
-                guidance_type=cfg.model.get("guidance_type"), guidance_scale=cfg.model.get("guidance_scale"))
-            opts.setdefault("shape", tuple(model.shape))
-            opts.setdefault("device", device)
+        opts = with_model_options(cfg.discretization["kind"], cfg.discretization["options"], model, device,
+                                  cfg.model.get("guidance_type"), cfg.model.get("guidance_scale"))
         disc = get_discretization(cfg.discretization["kind"], ns, cfg.steps, solver=self.solver, **opts)
         self.timesteps = disc.timesteps.detach().to(torch.float64)
         self.model_timesteps = None if disc.model_timesteps is None else disc.model_timesteps.detach()

@@ -272,3 +272,48 @@ def gits(
         nfe=req.nfe,
         config={**cost.config, "coeff": coeff, "indices": idx},
     )
+
+
+# ----------------------------------------------------------------------------- the model at hand
+def gits_model_fn(
+    model: Any, guidance_type: str | None = None, guidance_scale: float | None = None
+) -> Callable[..., torch.Tensor]:
+    """The noise predictor GITS measures for a loaded zoo model (one rule for the learner, gen_data, eval_fid).
+
+    GITS calls ``model_fn(x, t)`` without conditions. Models without classes run as configured when
+    unguided and as the unconditional network otherwise (``guidance_type='uncond'``; text models:
+    no prompt). Class-conditional models run the configured sampler (guidance type and scale) on
+    balanced labels ``i mod num_classes`` for row i (deterministic), with the null class as the
+    unconditional condition where the model has one: every guidance type works, including
+    classifier-free guidance, which needs both conditions.
+    """
+    gtype = guidance_type or getattr(model, "default_guidance", "uncond")
+    n_cls = getattr(model, "num_classes", None)
+    if not n_cls:
+        if gtype == "uncond":
+            return model.model_fn(guidance_type="uncond", guidance_scale=guidance_scale)
+        return model.model_fn(guidance_type="uncond")
+    guided = model.model_fn(guidance_type=gtype, guidance_scale=guidance_scale)
+    null = getattr(model, "null_class", None)
+
+    def fn(x: torch.Tensor, t: Any) -> torch.Tensor:
+        labels = torch.arange(x.shape[0], device=x.device) % int(n_cls)
+        uncond = None if null is None else torch.full_like(labels, int(null))
+        return guided(x, t, condition=labels, unconditional_condition=uncond)
+
+    return fn
+
+
+def with_model_options(
+    kind: str, options: Dict[str, Any], model: Any, device: Any = None,
+    guidance_type: str | None = None, guidance_scale: float | None = None,
+) -> Dict[str, Any]:
+    """``options`` of a discretization ``kind`` completed for a loaded model: for ``gits`` without a
+    precomputed ``cost`` or a ``model_fn``, :func:`gits_model_fn`, the sample ``shape`` and ``device``."""
+    opts = dict(options or {})
+    if str(kind).lower() == "gits" and opts.get("cost") is None and opts.get("model_fn") is None:
+        opts["model_fn"] = gits_model_fn(model, guidance_type, guidance_scale)
+        opts.setdefault("shape", tuple(model.shape))
+        if device is not None:
+            opts.setdefault("device", device)
+    return opts

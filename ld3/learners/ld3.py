@@ -70,6 +70,8 @@ def resolve_time_mode(time_mode: str, noise_schedule: NoiseSchedule) -> str:
         return time_mode
     return noise_schedule.default_time_mode
 WINDOW_FROM = ("steps", "logits")
+#: ``init``: the better of the reference start and the best hand-crafted grid (ours), or the reference start
+INIT_CHOICES = ("auto", "reference")
 
 
 # ============================================================================================ config
@@ -106,6 +108,7 @@ class LD3Config:
     prior_bound: float | None = None
     fix_bound: bool = False
     validate_first_batch_only: bool = True
+    init: str = "auto"
     match_prior: bool = False
     prior: Dict[str, Any] = field(default_factory=lambda: {"kind": "gits", "options": {}, "timesteps": None})
     low_gpu: bool = False
@@ -116,6 +119,8 @@ class LD3Config:
     def __post_init__(self) -> None:
         if self.time_mode not in CONFIG_TIME_MODES:
             raise ValueError(f"time_mode={self.time_mode!r} is not supported; allowed: {list(CONFIG_TIME_MODES)}")
+        if self.init not in INIT_CHOICES:
+            raise ValueError(f"init={self.init!r} is not supported; allowed: {list(INIT_CHOICES)}")
         if self.window_from not in WINDOW_FROM:
             raise ValueError(f"window_from={self.window_from!r} is not supported; allowed: {list(WINDOW_FROM)}")
         if not (0.0 <= float(self.win_rate) <= 0.5):
@@ -271,6 +276,50 @@ class LD3Parameterization(nn.Module):
         with torch.no_grad():
             self.params1[1:] = logits.to(self.params1.dtype)
             self.params1[0] = logits.mean().to(self.params1.dtype)
+
+
+    # ------------------------------------------------------------------ the reference's best_v2.pt
+    def reference_params(self) -> Dict[str, torch.Tensor]:
+        """``params1``/``params2`` as the LD3 reference stores them in ``best_v2.pt`` (detached, CPU)."""
+        return {"params1": params1_reference_order(self.params1.detach().cpu(), self.time_mode),
+                "params2": self.params2.detach().cpu().clone()}
+
+    def load_reference_params(self, snapshot: Dict[str, torch.Tensor]) -> None:
+        """Set params1/params2 from a reference ``best_v2.pt`` dict (see :func:`params1_reference_order`)."""
+        p1 = torch.as_tensor(snapshot["params1"]).detach().flatten().cpu()
+        p2 = torch.as_tensor(snapshot["params2"]).detach().flatten().cpu()
+        if p1.numel() != self.num_points or p2.numel() != self.num_points:
+            raise ValueError(f"best_v2.pt params1/params2 have {p1.numel()}/{p2.numel()} values; this grid needs "
+                             f"{self.num_points} each")
+        with torch.no_grad():
+            self.params1.copy_(params1_reference_order(p1, self.time_mode).to(self.params1))
+            self.params2.copy_(p2.to(self.params2))
+
+
+def params1_reference_order(params1: torch.Tensor, time_mode: str) -> torch.Tensor:
+    """Our params1 <-> the LD3 reference's (an involution).
+
+    Both put p = softmax(params1) with p_0 free. Lambda mode: the step from grid point i to i + 1
+    (noisiest first) has weight p_{i+1} in both. Time mode: the reference builds the grid from
+    ``cumsum(p).flip(0)`` (vinhsuhi/LD3 ``trainer.py``, ``discretize_model_wrapper``), so step i has
+    weight p_{N-i}; ours keeps p_{i+1} in every mode. The conversion keeps params1[0] and reverses
+    params1[1:] in time mode; params2 is indexed by grid point in both.
+    """
+    if time_mode not in TIME_MODES:
+        raise ValueError(f"time_mode={time_mode!r} is not supported; allowed: {list(TIME_MODES)}")
+    p = params1.detach().clone()
+    if time_mode == "time":
+        p = torch.cat([p[:1], p[1:].flip(0)])
+    return p
+
+
+def load_reference_checkpoint(path: Any) -> Dict[str, torch.Tensor]:
+    """Read a reference ``best_v2.pt`` (tensors only: ``torch.load(weights_only=True)``)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or not {"params1", "params2"} <= set(obj):
+        raise ValueError(f"{path}: expected the LD3 reference's dict with params1 and params2, "
+                         f"got {sorted(obj) if isinstance(obj, dict) else type(obj).__name__}")
+    return obj
 
 
 # ============================================================================================ pieces
@@ -537,8 +586,8 @@ class LD3Trainer:
     def _write_best_files(self) -> None:
         if self.run_dir is None or self.best is None:
             return
-        snap = {
-            "params1": self.best["params1"].cpu(),
+        snap = {  # the reference's order of params1 (params1_reference_order)
+            "params1": params1_reference_order(self.best["params1"].cpu(), self.time_mode),
             "params2": self.best["params2"].cpu(),
             "best_t_steps": torch.cat([self.best["t1"], self.best["t2"]]).cpu(),
         }
@@ -796,7 +845,7 @@ class LD3Trainer:
         path = self.run_dir / "checkpoint.pt"
         if not path.is_file():
             return False
-        sd = torch.load(path, map_location="cpu", weights_only=False)
+        sd = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
         self.load_state_dict(sd)
         log.info(f"resumed from {path} (round {self.state['round']}, phase {self.state['phase']}, "
                  f"step {self.state['iter']}, status {sd.get('status')})")

@@ -44,7 +44,7 @@ def plot_training_curve(history: Sequence[Mapping[str, Any]], path: str | os.Pat
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)
-    rows = [h for h in history if h.get("kind") in ("train", "valid")]
+    rows = [h for h in history if h.get("kind") in ("train", "valid") and "lr1" in h]
     if rows:
         ax2.plot([h["iter"] for h in rows], [h["lr1"] for h in rows], label="lr params1")
         ax2.plot([h["iter"] for h in rows], [h["lr2"] for h in rows], label="lr params2")
@@ -82,7 +82,7 @@ def plot_schedule(
     for name, t in baselines.items():
         ax.plot(range(len(t)), lam(t), ".--", lw=1, alpha=0.8, label=label(name, name))
     ax.plot(range(len(learned_t1)), lam(learned_t1), "o-", ms=6, lw=2, color="k",
-            label=label("LD3 (learned)", "learned"))
+            label=label("learned t1", "learned"))
     ax.set_ylabel("lambda(t_i) = log(alpha/sigma)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -91,7 +91,7 @@ def plot_schedule(
     l1, l2 = lam(learned_t1), lam(learned_t2)
     ax2.axhline(0.0, color="0.6", lw=0.8)
     ax2.plot(range(len(l1)), [b - a for a, b in zip(l1, l2, strict=True)], "x-", color="crimson", ms=7,
-             label="LD3 t2 - t1 (network time vs integration time)")
+             label="learned t2 - t1 (network time vs integration time)")
     ax2.set_xlabel("step i")
     ax2.set_ylabel("lambda(t2) - lambda(t1)")
     ax2.set_xticks(range(len(l1)))

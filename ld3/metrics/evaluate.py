@@ -176,13 +176,11 @@ def run_from_config(cfg: Any) -> Dict[str, Any]:
     model = load_model(cfg.model.name, **model_opts)
     solver = get_solver(cfg.solver.name, model.noise_schedule,
                         **(OmegaConf.to_container(cfg.solver.options, resolve=True) or {}))
-    disc_opts = dict(OmegaConf.to_container(cfg.discretization.options, resolve=True) or {})
+    from ld3.discretizations.gits import with_model_options
+
     kind = str(cfg.discretization.kind).lower()
-    if kind == "gits" and disc_opts.get("cost") is None and disc_opts.get("model_fn") is None:
-        # GITS measures the model at hand on unconditional trajectories (conditions vary per sample)
-        disc_opts["model_fn"] = model.model_fn(guidance_type="uncond")
-        disc_opts.setdefault("shape", tuple(model.shape))
-        disc_opts.setdefault("device", dev)
+    disc_opts = with_model_options(kind, OmegaConf.to_container(cfg.discretization.options, resolve=True) or {},
+                                   model, dev, cfg.model.get("guidance_type"), cfg.model.get("guidance_scale"))
     if kind == "learned":
         disc_opts.setdefault("model", cfg.model.name)  # refuse a schedule learned for another model
     disc = get_discretization(cfg.discretization.kind, model.noise_schedule, int(cfg.steps), solver=solver,

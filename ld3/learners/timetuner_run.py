@@ -1,0 +1,240 @@
+"""A TimeTuner run from a config (``python main.py learner=timetuner``): same outputs as an LD3 run.
+
+TimeTuner (Xia et al., CVPR 2024; ``ld3/learners/timetuner.py``) tunes one network-time ratio per DDIM
+step. Here its data are the teacher pairs of the run (``ld3.data``): the teacher's outputs are the x_0
+samples it noises, their conditions the labels. It tunes DDIM on the grid of the configured solver
+(``solver.num_timesteps(steps)`` points: the reference grid, a given list, or any discretization kind)
+and the result - timesteps t_i with network times r_i t_i - drives that solver. The run directory,
+``discretization.json`` (source ``learned:timetuner``), ``history.json``, plots, ``result.json`` with
+the held-out comparison against the hand-crafted grids, and the results-store row are written by the
+same code as for LD3 (:mod:`ld3.learners.pipeline`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+from ld3.learners.ld3 import LD3Config, LD3Data, evaluate_grid
+from ld3.learners.timetuner import (
+    DEFAULT_LR,
+    DEFAULT_TOTAL_ITERS,
+    TUNE_TYPES,
+    TimeTuner,
+    check_timesteps,
+    default_timesteps,
+    dict_loader,
+    timesteps_from_indices,
+    tuned_model_timesteps,
+)
+
+log = logging.getLogger("ld3.learner")
+
+#: ``discretization`` value: the hand-crafted grid with the lowest validation loss as the base grid (ours)
+BEST_HANDCRAFTED = "best_handcrafted"
+#: keys of configs/learner/ld3.yaml that a per-model preset may set and TimeTuner does not use (ignored)
+_LD3_ONLY = frozenset(f.name for f in fields(LD3Config)) - {"num_train", "num_valid", "num_test", "eval_batch_size"}
+
+
+@dataclass
+class TimeTunerRunConfig:
+    """The ``learner`` group of a TimeTuner run (configs/learner/timetuner.yaml documents every key)."""
+
+    tune_type: str = "sequential"
+    lr: float = DEFAULT_LR
+    total_iters: int = DEFAULT_TOTAL_ITERS
+    eta: float = 0.0
+    timesteps: List[float] | None = None
+    indices: List[float] | None = None
+    discretization: str | None = BEST_HANDCRAFTED
+    discretization_options: Dict[str, Any] | None = None
+    batch_size: int = 64
+    num_train: int = 50
+    num_valid: int = 50
+    num_test: int = 0
+    use_labels: bool | None = None
+    seed: int = 0
+    verbose: bool = True
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.tune_type not in TUNE_TYPES:
+            raise ValueError(f"learner.tune_type={self.tune_type!r} is not supported; allowed: {list(TUNE_TYPES)}")
+        for k in ("total_iters", "batch_size", "num_train", "eval_batch_size"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"learner.{k}={v!r} must be an integer >= 1")
+        for k in ("num_valid", "num_test"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"learner.{k}={v!r} must be an integer >= 0")
+        given = [k for k in ("timesteps", "indices", "discretization") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"learner.{given[0]} and learner.{given[1]} both set; give at most one of "
+                             "timesteps, indices, discretization (set the others to null)")
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> TimeTunerRunConfig:
+        names = {f.name for f in fields(cls)}
+        ignored = sorted(set(d) & _LD3_ONLY - names)
+        unknown = sorted(set(d) - names - _LD3_ONLY)
+        if unknown:
+            raise ValueError(f"unknown TimeTuner learner options {unknown}; allowed: {sorted(names)}")
+        if ignored:
+            log.info(f"TimeTuner ignores the LD3 options {ignored} (e.g. from a learner preset)")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def run_name(solver: str, steps: int, tcfg: TimeTunerRunConfig, loss: str, seed: int) -> str:
+    return (f"timetuner-{solver}-N{steps}-{tcfg.tune_type}-lr{tcfg.lr}-it{tcfg.total_iters}-bs{tcfg.batch_size}"
+            f"-{loss}-seed{seed}")
+
+
+def base_grid(tcfg: TimeTunerRunConfig, solver: Any, steps: int) -> torch.Tensor:
+    """The grid whose steps are tuned: ``solver.num_timesteps(steps)`` points (reference grid by default)."""
+    ns = solver.noise_schedule
+    n_points = solver.num_timesteps(steps)
+    if tcfg.timesteps is not None:
+        return check_timesteps(ns, torch.as_tensor(list(tcfg.timesteps), dtype=torch.float64), n_points - 1)
+    if tcfg.indices is not None:
+        g = timesteps_from_indices(ns, list(tcfg.indices))
+        return check_timesteps(ns, g, n_points - 1)
+    if tcfg.discretization is not None:
+        from ld3.discretizations import get_timesteps
+
+        opts = dict(tcfg.discretization_options or {})
+        return get_timesteps(tcfg.discretization, ns, steps, solver=solver, **opts).detach().cpu().double()
+    return default_timesteps(ns, n_points - 1)
+
+
+def _single_uncond(uncond: Any) -> Any:
+    """TimeTuner takes one unconditional condition for the whole run: every row must be the same."""
+    if uncond is None:
+        return None
+    if isinstance(uncond, torch.Tensor):
+        if uncond.dim() > 0 and not bool((uncond == uncond[:1]).all()):
+            raise ValueError("TimeTuner needs one unconditional condition for all samples; the teacher data "
+                             "has several different ones")
+        return uncond[:1] if uncond.dim() > 0 else uncond
+    raise ValueError(f"TimeTuner through main.py supports tensor conditions only, got {type(uncond).__name__}")
+
+
+def run_timetuner(cfg: Any, data: LD3Data | None = None, loaded: Any = None, on_step: Any = None) -> Dict[str, Any]:
+    """Run TimeTuner as configured (``learner=timetuner``); ``data``/``loaded`` may be given directly."""
+    from ld3.learners import pipeline as pl
+    from ld3.logging import make_logger
+
+    c = pl.to_plain(cfg)
+    lraw = dict(c.get("learner") or {})
+    log_path = lraw.pop("log_path", None) or "runs"
+    lname = lraw.pop("name", "timetuner")
+    if lname != "timetuner":
+        raise ValueError(f"run_timetuner runs TimeTuner; learner={lname!r} is not TimeTuner (use run_learner)")
+    tcfg = TimeTunerRunConfig.from_dict(lraw)
+    su = pl.prepare_run(c, loaded)
+    if su.loaded.decode is not None:
+        raise ValueError(f"model {su.mcfg['name']!r} is a latent model: TimeTuner through main.py noises the "
+                         "teacher's pixel outputs and needs an encoder, which the zoo does not provide")
+    if on_step is not None:
+        raise ValueError("run_timetuner does not take on_step (it has no LD3 trainer)")
+    grid = None if tcfg.discretization == BEST_HANDCRAFTED else base_grid(tcfg, su.solver, su.steps)
+    name = run_name(su.scfg["name"], su.steps, tcfg, su.loss_label, su.seed)
+    run_dir = Path(log_path) / name
+    fp_obj = su.fingerprint_inputs({"name": "timetuner", **tcfg.to_dict()})
+    fp = pl.fingerprint(fp_obj)
+    done = pl.finished_result(run_dir, fp, fp_obj)
+    if done is not None:
+        return done
+    data_root = "<in memory>"
+    if data is None:
+        data, data_root = pl.load_teacher_data(c, su.loaded, tcfg.num_train + tcfg.num_valid + tcfg.num_test,
+                                               su.device)
+    handler = pl.start_run_dir(c, run_dir, fp, fp_obj)
+    logger = make_logger(c.get("logger") or {"backend": "disabled"}, run_config=c, run_name=name)
+    try:
+        return _run(su, tcfg, grid, run_dir, data, data_root, logger)
+    finally:
+        logger.finish()
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor | None, run_dir: Path, data: LD3Data,
+         data_root: str, logger: Any) -> Dict[str, Any]:
+    from ld3.learners import pipeline as pl
+
+    loaded, solver, device = su.loaded, su.solver, su.device
+    gtype, gscale = su.mcfg.get("guidance_type"), su.mcfg.get("guidance_scale")
+    train, valid, _, eval_split, held_out = pl.split_for_eval(data, tcfg.num_train, tcfg.num_valid, tcfg.num_test)
+    make_fn = pl.model_fn_factory(loaded, su.mcfg)
+    ev = dict(decode=loaded.decode, batch_size=tcfg.eval_batch_size, device=device)
+    base = "configured"
+    if grid is None:  # best_handcrafted: the hand-crafted grid with the lowest validation loss (original latents)
+        sel = valid if len(valid) else train
+        grids = pl.handcrafted_grids(loaded.noise_schedule, su.steps, solver)
+        scores = {k: evaluate_grid(solver, make_fn, su.loss_fn, sel, g, **ev)["loss"] for k, g in grids.items()}
+        base = min(scores, key=scores.get)
+        grid = grids[base]
+        log.info("TimeTuner base grid on validation: " + ", ".join(f"{k} {v:.6g}" for k, v in scores.items())
+                 + f" -> {base}")
+    model_fn = loaded.model_fn(guidance_type=gtype, guidance_scale=gscale)
+    labels = train.conditions if isinstance(train.conditions, torch.Tensor) else None
+    if train.conditions is not None and labels is None:
+        raise ValueError("TimeTuner through main.py supports tensor conditions (class labels) only")
+    uncond = _single_uncond(train.unconditions)
+    step_kwargs: Dict[str, Any] = {"eta": tcfg.eta}
+    if uncond is not None:
+        step_kwargs["uncond_condition"] = uncond.to(device)
+    tuner = TimeTuner(model_fn, loaded.noise_schedule, device=device)
+    loader = dict_loader(train.targets, labels, batch_size=min(tcfg.batch_size, len(train)), seed=tcfg.seed)
+    n = grid.numel() - 1
+    log.info(f"TimeTuner run {run_dir.name}: model {su.mcfg['name']}, solver {solver.name}, NFE {su.steps} "
+             f"({n} tuned DDIM steps), {tcfg.tune_type}, lr {tcfg.lr}, {tcfg.total_iters} batches of "
+             f"{loader.batch_size} per step, loss {su.loss_label}, device {device}, data {data_root}")
+    gen = torch.Generator(device=device).manual_seed(tcfg.seed)
+    t0 = time.time()
+    ratios, hist = tuner.optimize_timesteps(
+        loader, num_steps=n, tune_type=tcfg.tune_type, lr=tcfg.lr, total_iters=tcfg.total_iters,
+        verbose=tcfg.verbose and bool(su.c.get("progress", True)), timesteps=grid, use_labels=tcfg.use_labels,
+        noise_generator=gen, return_history=True, **step_kwargs,
+    )
+    train_time = time.time() - t0
+    t1 = grid.clone()
+    t2 = tuned_model_timesteps(t1, ratios)
+    history: List[Dict[str, Any]] = []
+    it = 0
+    for step_i, (losses, rs) in enumerate(zip(hist["loss"], hist["ratio"], strict=True)):
+        for loss_v, r in zip(losses, rs, strict=True):
+            it += 1
+            history.append({"kind": "train", "iter": it, "step": step_i, "train_loss": loss_v, "ratio": r})
+            logger.log({"train_loss": loss_v, "ratio": r, "tuned_step": step_i}, step=it)
+    extra: Dict[str, Any] = {"t_ratios": ratios.tolist(), "steps_trained": it, "train_time_s": train_time,
+                             "tune_type": tcfg.tune_type, "base_grid": base}
+    if len(valid):  # validation distance to the teacher of the base grid and of the tuned one (recorded only)
+        extra["valid_loss_base"] = evaluate_grid(solver, make_fn, su.loss_fn, valid, t1, **ev)["loss"]
+        extra["valid_loss_tuned"] = evaluate_grid(solver, make_fn, su.loss_fn, valid, t1, t2, **ev)["loss"]
+    extra["returned"] = "learned"
+    if len(valid) and extra["valid_loss_tuned"] > extra["valid_loss_base"]:
+        # as LD3: never a grid worse on validation than the start (here: the base grid, all ratios 1)
+        log.info(f"the tuned times are worse on validation than the base grid ({extra['valid_loss_tuned']:.6g} > "
+                 f"{extra['valid_loss_base']:.6g}): returning the base grid")
+        t2 = t1.clone()
+        extra["returned"] = "start"
+        extra["tuned_t_ratios"] = extra["t_ratios"]
+        extra["t_ratios"] = [1.0] * len(extra["t_ratios"])
+    report, grids = pl.held_out_report(su, make_fn, held_out, eval_split, t1, t2, tcfg.eval_batch_size)
+    return pl.finish_run(
+        su, run_dir, logger, "timetuner", t1, t2, report, grids, history, extra=extra,
+        disc_config={"learner": {"name": "timetuner", **tcfg.to_dict()}, "t_ratios": extra["t_ratios"],
+                     "loss": su.loss_label, "seed": su.seed},
+        disc_metrics={k: extra[k] for k in ("valid_loss_base", "valid_loss_tuned") if k in extra},
+        samples=(make_fn, held_out),
+    )
