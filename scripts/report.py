@@ -4,6 +4,7 @@
 Usage:
     python scripts/report.py --results results/results.jsonl --metric fid --out docs/report
     python scripts/report.py --metric val_distance --group solver,discretization
+    python scripts/report.py --paper ld3_cifar10     # ours beside the published FIDs (ld3/logging/paper.py)
 
 Rows are grouped by ``--group`` columns (looked up in the row, then in its ``config``) and pivoted over
 ``--x`` (default ``steps``, i.e. NFE). The last value wins when a cell was run several times.
@@ -93,7 +94,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--group", default="model,solver,discretization")
     p.add_argument("--x", default="steps")
     p.add_argument("--out", default="results/report", help="output prefix: <out>.md and <out>.png")
+    p.add_argument("--paper", default=None, help="a published table (ld3/logging/paper_results.yaml) to compare with")
+    p.add_argument("--tolerance", type=float, default=0.1, help="--paper: flag |ours - paper| > tolerance x paper "
+                   "where the paper reports no noise")
     args = p.parse_args(argv)
+    if args.paper:
+        from ld3.logging.paper import paper_report
+
+        out = f"results/paper_{args.paper}" if args.out == "results/report" else args.out
+        res = paper_report(read_results(args.results), args.paper, out, tolerance=args.tolerance)
+        print(res["markdown"])
+        print(f"wrote {res['md']} and {res['png']}")
+        return 0
     rows = read_results(args.results)
     if not rows:
         raise SystemExit(f"no rows in {args.results}: run main.py / eval_fid.py first")
