@@ -53,7 +53,22 @@ SOLVERS = {
 }
 
 
+DIGITS_FID = {"feature": "model", "ref_stats": None, "reference_images": "digits", "reference_split": "val",
+              "inception_weights": None, "quantize": True, "captions": None}
+
+
 def experiments() -> Iterator[Tuple[str, Dict[str, Any]]]:
+    for solver in ("ipndm", "uni_pc", "dpm_solver++"):
+        for nfe in range(4, 11):
+            yield f"ld3_digits_{solver.replace('+', 'p')}_nfe{nfe}", {
+                "title": f"LD3 on the embedded digits model (CPU), {solver}, NFE {nfe}", "table": "embedded_digits",
+                "paper": "none: this project's CPU analogue of the LD3 tables (docs/results_embedded_fid.md)",
+                "mirrors": "the LD3 recipe (teacher UniPC 20 steps) with configs/learner_preset/digits.yaml sizes",
+                "model": "digits", "solver": solver, "solver_options": {}, "steps": nfe,
+                "discretization": "logSNR", "teacher": {"solver": "uni_pc", "steps": 20}, "loss": "l2",
+                "learner": "ld3", "learner_options": {}, "fid": DIGITS_FID, "num_samples": 1000,
+                "baselines": ["time_uniform", "time_quadratic", "logSNR", "edm", "gits", "dmn"], "learned": "ld3",
+            }
     for key, (model, yml, ref, title) in EDM_SETS.items():
         for solver, sopts in SOLVERS.items():
             for nfe in range(4, 11):
@@ -178,7 +193,8 @@ def render(name: str, e: Dict[str, Any]) -> str:
     if e["solver_options"]:
         lines += _block("solver", {"options": e["solver_options"]})
     lines += _block("teacher", e["teacher"])
-    lines += _block("learner", e["learner_options"])
+    if e["learner_options"]:
+        lines += _block("learner", e["learner_options"])
     lines += _block("fid", e["fid"])
     meta = {"name": name, "table": e["table"], "paper": e["paper"], "mirrors": e["mirrors"],
             "num_samples": e["num_samples"], "baselines": e["baselines"],

@@ -15,7 +15,7 @@ CONFIGS = ROOT / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 # model config names the experiments (and the zoo issue) rely on
-PRESENT_BEFORE_ZOO = {"edm_cifar10", "edm_afhqv2", "edm_ffhq", "sd_v1_4", "sd_v1_5"}
+PRESENT_BEFORE_ZOO = {"digits", "edm_cifar10", "edm_afhqv2", "edm_ffhq", "sd_v1_4", "sd_v1_5"}
 # the zoo change's model configs that experiments use (it adds more, e.g. adm_imagenet256, ldm_lsun_church)
 ADDED_BY_ZOO = {"adm_imagenet64", "ldm_lsun_bedroom", "ldm_cin256"}
 
@@ -64,6 +64,9 @@ def test_experiment_composes(name):
     e = cfg.experiment
     assert e.name == name and e.mirrors and e.paper and e.num_samples > 0
     assert f"nfe{cfg.steps}" in name
+    if model == "digits":  # the embedded model: FD in its own feature space against its validation split
+        assert cfg.fid.feature == "model" and cfg.fid.reference_images == "digits"
+        return
     assert cfg.fid.feature == "inception" and str(cfg.fid.ref_stats).endswith(".npz")
     assert cfg.loss is not None and cfg.learner.name in ("ld3", "timetuner")
     assert os.path.basename(str(cfg.fid.inception_weights)) == "weights-inception-2015-12-05-6726825d.pth"
@@ -71,3 +74,27 @@ def test_experiment_composes(name):
     ev = _compose("eval_fid", [f"+experiment={name}", "discretization=time_uniform"])
     assert ev.discretization.kind == "time_uniform" and ev.steps == cfg.steps
     assert ev.fid.reference_images is None and ev.model.name == cfg.model.name
+
+
+@pytest.mark.slow
+def test_digits_experiment_learns_one_step_and_scores(tmp_path):
+    """The embedded family end to end: main.py's learner (1 step) then eval_fid.py on the learned file."""
+    from ld3.learners.pipeline import run_ld3
+    from ld3.metrics.evaluate import run_from_config
+
+    name = "ld3_digits_uni_pc_nfe4"
+    common = ["device=cpu", "logger=disabled", f"paths.data_dir={tmp_path / 'data'}",
+              f"paths.fid_refs={tmp_path / 'refs'}"]
+    cfg = _compose("config", [f"+experiment={name}", *common, f"learner.log_path={tmp_path / 'learn'}",
+                              "learner.max_iters=1", "learner.num_train=4", "learner.num_valid=4",
+                              "learner.num_test=0", "learner.main_train_batch_size=2",
+                              "learner.main_valid_batch_size=4", "teacher.sampling_batch_size=8"])
+    assert cfg.steps == 4 and cfg.solver.name == "uni_pc" and cfg.loss is not None
+    run_ld3(cfg)
+    found = sorted((tmp_path / "learn").glob("*/discretization.json"))
+    assert len(found) == 1
+    ev = _compose("eval_fid", [f"+experiment={name}", *common, "discretization=learned",
+                               f"discretization.options.path={found[0]}", "num_samples=32", "batch_size=16",
+                               f"out_dir={tmp_path / 'fid'}", "progress=false", "save_grid=false"])
+    res = run_from_config(ev)
+    assert res["complete"] and res["nfe"] == 4 and res["fid"] > 0
