@@ -231,11 +231,13 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
 
     common = [f"steps={NFE}", "solver=ddim", "num_samples=128", "batch_size=32", "progress=false", "logger=disabled",
               "device=cpu", "save_grid=false", f"paths.fid_refs={tmp_path / 'refs'}"]
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: no dependence on the host name resolving
 
     def launch(extra):
-        cmd = [torchrun, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}",
                "eval_fid.py", *common, *extra]
         res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
