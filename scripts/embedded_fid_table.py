@@ -119,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--solvers", type=lambda s: s.split(","), default=["ipndm", "uni_pc", "dpm_solver++"])
     p.add_argument("--nfe", type=lambda s: [int(x) for x in s.split(",")], default=list(range(4, 11)))
-    p.add_argument("--kinds", type=lambda s: s.split(","),
+    p.add_argument("--kinds", type=lambda s: [k for k in s.split(",") if k],
                    default=["time_uniform", "time_quadratic", "logSNR", "edm", "gits", "dmn"])
     p.add_argument("--ld3", action="store_true", help="also learn LD3 schedules with main.py and score them")
     p.add_argument("--timetuner", action="store_true", help="also tune TimeTuner ratios (DDIM) and score them")
