@@ -10,11 +10,12 @@ from ld3.cli import entry_point
 
 @entry_point("eval_fid", "eval_fid")
 def main(cfg: DictConfig) -> float:
-    from ld3.metrics.evaluate import run_from_config
+    from ld3.metrics.evaluate import describe_result, run_from_config
 
     result = run_from_config(cfg)
-    print(f"FID ({result['feature']}, {result['num_samples']} samples, NFE {result['nfe']}): {result['fid']:.4f}")
-    return result["fid"]
+    if result.get("rank", 0) == 0:  # under torchrun every process returns the same score
+        print(describe_result(result))
+    return result.get("fid")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Usage:
     python scripts/report.py                                   # every kind of row in results/results.jsonl
     python scripts/report.py --results results/results.jsonl --out results/report
     python scripts/report.py --metric fid --group solver,discretization     # one explicit metric
+    python scripts/report.py --paper ld3_cifar10     # ours beside the published FIDs (ld3/logging/paper.py)
 
 By default (``--metric auto``) every kind of row the project writes gets its own table and plot:
 
@@ -187,11 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", default="model,solver,discretization", help="with an explicit --metric")
     p.add_argument("--x", default="nfe", help="with an explicit --metric (nfe falls back to steps)")
     p.add_argument("--out", default="results/report", help="output prefix: <out>.md and <out>*.png")
+    p.add_argument("--paper", default=None, help="a published table (ld3/logging/paper_results.yaml) to compare with")
+    p.add_argument("--tolerance", type=float, default=0.1, help="--paper: flag |ours - paper| > tolerance x paper "
+                   "where the paper reports no noise")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.paper:
+        from ld3.logging.paper import paper_report
+
+        out = f"results/paper_{args.paper}" if args.out == "results/report" else args.out
+        res = paper_report(read_results(args.results), args.paper, out, tolerance=args.tolerance)
+        print(res["markdown"])
+        print(f"wrote {res['md']} and {res['png']}")
+        return 0
     rows = read_results(args.results)
     if not rows:
         raise SystemExit(f"no rows in {args.results}: run main.py / eval_fid.py first")

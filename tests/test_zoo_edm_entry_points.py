@@ -69,7 +69,7 @@ def test_main_on_tiny_edm(tmp_path):
     out = list((tmp_path / "runs" / "edm").glob("*/discretization.json"))
     assert len(out) == 1
     grid = json.loads(out[0].read_text())
-    assert "LD3 finished" in p.stdout + p.stderr and grid
+    assert "ld3 finished" in (p.stdout + p.stderr).lower() and grid
 
 
 def test_eval_fid_on_tiny_conditional_edm(tmp_path):

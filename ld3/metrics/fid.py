@@ -39,18 +39,92 @@ def register_feature_extractor(name: str):
     return deco
 
 
-def get_feature_extractor(name: str, **options) -> FeatureFn:
+def get_feature_extractor(name: str, **options) -> "FeatureExtractor":
     """Build a feature function ``images in [-1, 1] (B, C, H, W) -> (B, F)`` by name."""
     if name not in _EXTRACTORS:
         raise ValueError(f"unknown feature extractor {name!r}; available: {sorted(_EXTRACTORS)}")
     return _EXTRACTORS[name](**options)
 
 
+class FeatureExtractor:
+    """A feature function ``images in [-1, 1] (B, C, H, W) -> (B, F) float64`` with a description.
+
+    ``info`` (name, implementation, weights file and checksum, resizing, the published pipeline it
+    reproduces) is recorded with every score, so two numbers are only compared when they share it.
+    """
+
+    def __init__(self, fn: FeatureFn, info: Dict[str, object]) -> None:
+        self.fn = fn
+        self.info = dict(info)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fn(images)
+
+
+INCEPTION_RESIZE = {
+    # name -> (torchmetrics ``antialias`` flag, pre-resize with PIL bicubic to 299, published pipeline)
+    "tf1": (False, False, "TF-Inception FID as in the TF/ADM evaluator and EDM fid.py (NVIDIA's "
+            "inception-2015-12-05.pkl is the same TF graph): TF1 bilinear resize to 299 (torch-fidelity's port)"),
+    "torchmetrics": (True, False, "torchmetrics FrechetInceptionDistance default: torch bilinear resize with "
+                     "antialias (half-pixel centres); differs from the TF pipeline"),
+    "clean": (False, True, "clean-fid (Parmar et al. 2022) style: PIL bicubic resize to 299 of the float image, "
+              "re-rounded to 8 bits (the torch-fidelity network takes uint8; clean-fid feeds floats), then the same "
+              "network; differs from the TF pipeline by the resizing"),
+}
+
+
+def _pil_bicubic_299(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float (B, 3, 299, 299): per-channel PIL bicubic resize in float32 ('F' mode)."""
+    from PIL import Image
+
+    out = np.empty((x.shape[0], x.shape[1], 299, 299), dtype=np.float32)
+    arr = x.cpu().numpy().astype(np.float32)
+    for b in range(arr.shape[0]):
+        for c in range(arr.shape[1]):
+            img = Image.fromarray(arr[b, c], mode="F").resize((299, 299), resample=Image.BICUBIC)
+            out[b, c] = np.asarray(img, dtype=np.float32)
+    return torch.from_numpy(out)
+
+
+def inception_input(images: torch.Tensor, resize: str = "tf1") -> torch.Tensor:
+    """The 299x299 float tensor (values in [0, 255]) a pipeline feeds to Inception-v3's first convolution.
+
+    Used to measure how far the supported resizing conventions are apart (no weights needed).
+    """
+    if resize not in INCEPTION_RESIZE:
+        raise ValueError(f"unknown inception resize {resize!r}; allowed: {sorted(INCEPTION_RESIZE)}")
+    antialias, pil, _ = INCEPTION_RESIZE[resize]
+    x = to_uint8_batch(images)
+    if pil:
+        return _pil_bicubic_299(x)
+    xf = x.float()
+    if antialias:
+        return torch.nn.functional.interpolate(xf, size=(299, 299), mode="bilinear", align_corners=False,
+                                               antialias=True)
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    return interpolate_bilinear_2d_like_tensorflow1x(xf, size=(299, 299), align_corners=False)
+
+
+def to_uint8_batch(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) in [-1, 1] -> uint8 (B, 3, H, W), grey repeated to RGB, rounded as EDM's generate.py."""
+    x = images
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 @register_feature_extractor("inception")
 def inception_features(
-    weights_path: Optional[str] = None, cache_dir: Optional[str] = None, device: str = "cpu"
-) -> FeatureFn:
-    """Inception-v3 pool3 features from a local torch-fidelity weights file."""
+    weights_path: Optional[str] = None, cache_dir: Optional[str] = None, device: str = "cpu", resize: str = "tf1",
+) -> FeatureExtractor:
+    """Inception-v3 pool3 (2048-d) features from a local torch-fidelity weights file.
+
+    ``resize`` picks the published pipeline (:data:`INCEPTION_RESIZE`): ``tf1`` (default) reproduces the
+    TF/ADM/EDM FID; ``torchmetrics`` and ``clean`` are the other two conventions in common use.
+    """
+    if resize not in INCEPTION_RESIZE:
+        raise ValueError(f"unknown inception resize {resize!r}; allowed: {sorted(INCEPTION_RESIZE)}")
     path = Path(weights_path) if weights_path else Path(cache_dir or ".") / INCEPTION_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(
@@ -61,22 +135,28 @@ def inception_features(
 
     NoTrainInceptionV3 = require("torchmetrics.image.fid", "fid", "Inception features").NoTrainInceptionV3
 
+    from ld3.utils.io import sha256_file
+
+    antialias, pil, pipeline = INCEPTION_RESIZE[resize]
     net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                             feature_extractor_weights_path=str(path)).to(device).eval()
+                             feature_extractor_weights_path=str(path), antialias=antialias).to(device).eval()
 
     def fn(images: torch.Tensor) -> torch.Tensor:
-        x = images.to(device)
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # the integer images FID is defined on
+        x = to_uint8_batch(images.to(device))  # the integer images FID is defined on
+        if pil:  # 299x299 already: the network's own resize is then the identity
+            x = _pil_bicubic_299(x).round().clamp(0, 255).to(torch.uint8).to(device)
         with torch.no_grad():
             return net(x).reshape(x.shape[0], -1).double().cpu()
 
-    return fn
+    info = {"name": "inception", "implementation": "torchmetrics NoTrainInceptionV3 (torch-fidelity port)",
+            "layer": "pool3 (2048)", "weights": path.name, "weights_sha256": sha256_file(path),
+            "resize": resize, "reproduces": pipeline}
+    return FeatureExtractor(fn, info)
 
 
 @register_feature_extractor("model")
-def model_features(feature_fn: Optional[FeatureFn] = None, **_) -> FeatureFn:
+def model_features(feature_fn: Optional[FeatureFn] = None, model_name: Optional[str] = None,
+                   weights_sha256: Optional[str] = None, **_) -> FeatureExtractor:
     """A model's own feature network (``LoadedModel.feature_fn``)."""
     if feature_fn is None:
         raise ValueError("feature extractor 'model' needs a model with a feature_fn (e.g. the embedded digits model)")
@@ -85,7 +165,9 @@ def model_features(feature_fn: Optional[FeatureFn] = None, **_) -> FeatureFn:
         with torch.no_grad():
             return feature_fn(images).reshape(images.shape[0], -1).double().cpu()
 
-    return fn
+    info = {"name": "model", "implementation": f"feature network of model {model_name!r}",
+            "weights_sha256": weights_sha256, "reproduces": "no published pipeline (this project's digits FD)"}
+    return FeatureExtractor(fn, info)
 
 
 class FeatureStats:
@@ -104,6 +186,42 @@ class FeatureStats:
         self._sum += f.sum(0)
         self._outer += f.T @ f
         self.n += f.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension (0 before the first update)."""
+        return 0 if self._sum is None else int(self._sum.shape[0])
+
+    def add(self, other: "FeatureStats") -> "FeatureStats":
+        """Add another accumulator's sums in place (disjoint sample sets)."""
+        if other._sum is None:
+            return self
+        if self._sum is None:
+            self._sum = torch.zeros_like(other._sum)
+            self._outer = torch.zeros_like(other._outer)
+        if other._sum.shape != self._sum.shape:
+            raise ValueError(f"feature dimensions differ: {self.dim} vs {other.dim}")
+        self._sum += other._sum
+        self._outer += other._outer
+        self.n += other.n
+        return self
+
+    def state(self) -> Dict[str, object]:
+        """The float64 sums as a dict of tensors (what checkpoints store and processes reduce)."""
+        return {"n": int(self.n), "sum": self._sum, "outer": self._outer}
+
+    @classmethod
+    def from_state(cls, state: Dict[str, object]) -> "FeatureStats":
+        out = cls()
+        out.n = int(state["n"])
+        if state.get("sum") is not None:
+            out._sum = state["sum"].to(torch.float64).clone()
+            out._outer = state["outer"].to(torch.float64).clone()
+        return out
+
+    @classmethod
+    def from_sums(cls, n: int, sum_: torch.Tensor, outer: torch.Tensor) -> "FeatureStats":
+        return cls.from_state({"n": n, "sum": sum_, "outer": outer})
 
     def mu_sigma(self) -> Tuple[np.ndarray, np.ndarray]:
         """Mean and unbiased covariance (numpy's ``np.cov`` convention, as the EDM/ADM reference code)."""
