@@ -146,3 +146,18 @@ def test_midpoint_and_base_options_are_checked():
     assert get_solver("pfdiff", ns, base="dpm_solver_2", midpoint="time_uniform").describe()["midpoint"] == (
         "time_uniform"
     )
+
+
+@pytest.mark.parametrize("opts", [{"base": "dpm_solver_2", "midpoint": "time_uniform"}, {"base": "dpm_solver_1"}])
+def test_gradients_flow_to_the_grid_and_model_times(problem, opts):
+    ns, gmm, x = problem
+    solver = get_solver("pfdiff", ns, **opts)
+    ts = time_uniform_grid(ns, solver.num_timesteps(4 if opts["base"] == "dpm_solver_2" else 2))
+    inner = ts[1:-1].clone().requires_grad_(True)
+
+    def f(inner_ts, model_inner):
+        grid = torch.cat([ts[:1], inner_ts, ts[-1:]])
+        mgrid = torch.cat([ts[:1], model_inner, ts[-1:]])
+        return solver.sample(gmm.eps, x, grid, model_timesteps=mgrid)
+
+    assert torch.autograd.gradcheck(f, (inner, inner.detach().clone().requires_grad_(True)), eps=1e-6, atol=1e-5)

@@ -15,25 +15,32 @@ The fine grid t_0 > t_1 > ... > t_M is walked in blocks of k + 1 intervals (1 <=
       future       Q  = eps(x^, t_{i+h})                         (1 NFE)
       jump         x_{i+k+1} = Phi(x_i, t_i -> t_{i+k+1}, Q)      (Nesterov-style look-ahead)
 
-  ``base='dpm_solver_2'`` (DPM-Solver-2 singlestep, r1 = 1/2 in log-SNR; noise prediction)
+  ``base='dpm_solver_1'`` (the reference's default: ``dpm-solver/PFDiff_{k}_{h}.py`` with order 1)
       springboard  x^ = Phi(x_i, t_i -> t_{i+k+1-h}, Q_past)        (no NFE)
-      x_{i+k+1} = a fresh DPM-Solver-2 step from x^ at t_{i+k+1-h}   (2 NFE: at t_{i+k+1-h} and at the
-                  log-SNR midpoint of [t_{i+k+1-h}, t_{i+k+1}]); its two outputs become Q.
-      This follows the reference's higher-order code path exactly, which leaves the look-ahead jump
-      from x_i commented out; the springboard's error then is not corrected, so it converges at
+      x_{i+k+1} = Phi(x^, t_{i+k+1-h} -> t_{i+k+1}, Q), Q = eps(x^, t_{i+k+1-h})   (1 NFE; no jump from x_i)
+
+  ``base='dpm_solver_2'`` (the same file with order 2; DPM-Solver-2 singlestep, noise prediction)
+      springboard  x^ = DPM-Solver-2 update x_i, t_i -> t_{i+k+1-h} with the past outputs Q_past = (eps_s, eps_s1)
+                   and this interval's r1 (no NFE)
+      x_{i+k+1} = a fresh DPM-Solver-2 step from x^ at t_{i+k+1-h} (2 NFE: at t_{i+k+1-h} and at its
+                  intermediate point s1); its two outputs become Q.
+      The update is eps_s + (eps_s1 - eps_s) / (2 r1), r1 = (lambda(s1) - lambda_s) / h. ``midpoint``
+      chooses s1 as the reference's ``get_time_steps(skip_type, s, t, N=2)[1]``: ``logSNR`` (r1 = 1/2,
+      the update is eps_s1 alone), ``time_uniform`` (s1 = (s + t)/2) or ``time_quadratic``
+      (sqrt s1 = (sqrt s + sqrt t)/2). The reference leaves the look-ahead jump from x_i commented
+      out on these paths; the springboard's error then is not corrected, so they converge at
       first order in the step size (see docs/solvers.md), while DDIM's look-ahead is second order
       when 2h = k + 1 (the future gradient sits at the log-SNR midpoint of the block).
 
-NFE <-> grid (as the paper counts it): with a base of p evaluations per step (p = 1 for DDIM, 2 for
+NFE <-> grid (as the paper counts it): with a base of p evaluations per step (p = 1 for DDIM and DPM-Solver-1, 2 for
 DPM-Solver-2), N NFE are N / p blocks, i.e. M = (k+1)(N/p) - k fine intervals and
 ``len(timesteps) = (k+1)(N/p) - k + 1`` points (t_max ... t_min). The reference's scripts pass
 ``--timesteps (k+1)N - k`` (DDIM: N = 4 -> 10 for k = 2): that many model times, to which DDIM's
 loop appends the clean end; here the last point t_min is explicit, hence the + 1. Grids of other
 lengths are rejected (no partial blocks), and for p = 2 the NFE must be even.
 
-Decoupled time: the network sees ``model_timesteps`` at grid points; a DPM-Solver-2 midpoint is
-taken at the log-SNR midpoint of the model times (equal to the integration midpoint when
-``model_timesteps == timesteps``).
+Decoupled time: the network sees ``model_timesteps`` at grid points; at a DPM-Solver-2 point s1 it
+sees the ``midpoint`` rule applied to the model times (equal to s1 when ``model_timesteps == timesteps``).
 """
 
 from __future__ import annotations
@@ -53,7 +60,9 @@ class PFDiff(Solver):
     Options:
         k: 1..3, the block spans k + 1 fine intervals (default 1).
         h: 1..k, position of the future gradient (default 1).
-        base: ``'ddim'`` (default) or ``'dpm_solver_2'``.
+        base: ``'ddim'`` (default), ``'dpm_solver_1'`` (the reference's default) or ``'dpm_solver_2'``.
+        midpoint: ``'logSNR'`` (default), ``'time_uniform'`` or ``'time_quadratic'``: the intermediate
+            point of the DPM-Solver-2 steps (the reference takes it from its ``skip_type``).
         thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen thresholding of each
             fresh evaluation's data prediction.
     """
