@@ -53,6 +53,7 @@ from ld3.discretizations.base import (
 INDEPENDENT_STEPS = 3
 INITS = ("logSNR", "time_uniform", "time_quadratic", "edm")
 MAX_ORDER = 4
+VARIANTS = ("xue", "ld3")
 
 
 #: series terms for |h| < SMALL_H: the first omitted term is below 1e-17 relative
@@ -130,7 +131,7 @@ def step_orders(num_steps: int, order: int) -> list:
 
 
 @lru_cache(maxsize=64)
-def _plan(num_steps: int, order: int):
+def _plan(num_steps: int, order: int, independent_steps: int = INDEPENDENT_STEPS):
     """Index tables for evaluating every step at once with ``K = max k_s`` node slots per step.
 
     Slot j of step s holds node s - K + 1 + j (clamped to 0); slots j < K - k_s are unused.
@@ -142,7 +143,7 @@ def _plan(num_steps: int, order: int):
     slots = torch.arange(k_max)
     node = steps[:, None] - k_max + 1 + slots[None, :]
     used = slots[None, :] >= (k_max - orders)[:, None]  # (N, K)
-    late = (steps >= INDEPENDENT_STEPS) & (orders > 1)
+    late = (steps >= independent_steps) & (orders > 1)
     first_order = orders == 1
     return k_max, node.clamp_min(0), used, late, first_order
 
@@ -157,20 +158,26 @@ def all_step_weights(lam: torch.Tensor, order: int) -> Tuple[torch.Tensor, torch
     return node, torch.exp(lam_s)[:, None] * w
 
 
-def data_error_weight(lam: torch.Tensor) -> torch.Tensor:
-    """sigma^2 / alpha of the VP schedule with half log-SNR lam (the reference's data_err_vec)."""
+def data_error_weight(lam: torch.Tensor, sigma_power: int = 2) -> torch.Tensor:
+    """sigma^p / alpha of the VP schedule with half log-SNR lam (the reference's data_err_vec: p = 2;
+    the LD3 repository uses p = 1 for pixel-space models)."""
     alpha = torch.rsqrt(1.0 + torch.exp(-2.0 * lam))
     sigma = torch.rsqrt(1.0 + torch.exp(2.0 * lam))
-    return sigma**2 / alpha
+    return sigma**sigma_power / alpha
 
 
-def objective(lam, order: int = 3) -> torch.Tensor:
-    """F(lambda) for a full increasing lambda grid (noisiest first), see the module docstring."""
+def objective(
+    lam, order: int = 3, independent_steps: int = INDEPENDENT_STEPS, sigma_power: int = 2
+) -> torch.Tensor:
+    """F(lambda) for a full increasing lambda grid (noisiest first), see the module docstring.
+
+    ``independent_steps``: steps with index below it (and k_s > 1) add sqrt(sum of squares) of their node
+    errors (the reference's truncNum, 3); ``sigma_power``: the node error weight sigma^p / alpha."""
     lam = torch.as_tensor(lam, dtype=torch.float64)
     n_steps = lam.numel() - 1
-    *_, late, first_order = _plan(n_steps, order)
+    *_, late, first_order = _plan(n_steps, order, independent_steps)
     node, weights = all_step_weights(lam, order)
-    contrib = weights * data_error_weight(lam)[node]  # (N, K), zero in unused slots
+    contrib = weights * data_error_weight(lam, sigma_power)[node]  # (N, K), zero in unused slots
     total = contrib[first_order].abs().sum()
     early = ~late & ~first_order
     total = total + torch.sqrt((contrib[early] ** 2).sum(1)).sum()
@@ -184,6 +191,8 @@ def optimize_lambdas(
     min_gap_fraction: float = 1e-3,
     maxiter: int = 1000,
     xtol: float = 1e-8,
+    independent_steps: int = INDEPENDENT_STEPS,
+    sigma_power: int = 2,
 ) -> Tuple[np.ndarray, dict]:
     """Minimize :func:`objective` over the interior of ``lam_init`` (endpoints fixed) with trust-constr."""
     from scipy.optimize import LinearConstraint, minimize
@@ -191,7 +200,8 @@ def optimize_lambdas(
     lam_init = np.asarray(lam_init, dtype=np.float64)
     n = lam_init.size - 1
     lo, hi = float(lam_init[0]), float(lam_init[-1])
-    f_init = float(objective(torch.from_numpy(lam_init), order))
+    terms = {"independent_steps": independent_steps, "sigma_power": sigma_power}
+    f_init = float(objective(torch.from_numpy(lam_init), order, **terms))
     if n < 2:
         return lam_init.copy(), {"objective_init": f_init, "objective": f_init, "iterations": 0}
     gap = min_gap_fraction * (hi - lo) / n
@@ -208,7 +218,7 @@ def optimize_lambdas(
 
     def fun(x: np.ndarray):
         xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-        f = objective(torch.cat([ends[0], xt, ends[1]]), order)
+        f = objective(torch.cat([ends[0], xt, ends[1]]), order, **terms)
         (g,) = torch.autograd.grad(f, xt)
         fv = float(f)
         if not np.isfinite(fv) or not torch.isfinite(g).all():  # left the feasible region (crossed nodes): steer back
@@ -222,7 +232,7 @@ def optimize_lambdas(
             options={"maxiter": maxiter, "xtol": xtol},
         )
     lam = np.concatenate(([lo], res.x, [hi]))
-    f_opt = float(objective(torch.from_numpy(lam), order))
+    f_opt = float(objective(torch.from_numpy(lam), order, **terms))
     info = {
         "objective_init": f_init,
         "objective": f_opt,
@@ -245,19 +255,55 @@ def default_order(solver) -> int:
     return 3
 
 
+def ld3_repo_terms(num_steps: int, pixel: bool) -> dict:
+    """The LD3 repository's DMN baseline (vinhsuhi/LD3 ``samplers/general_solver.py``, ``StepOptim``):
+    truncNum = 3 for N <= 7 steps, else 0 (every step with k_s > 1 goes into the per-node sums), and
+    the node error sigma / alpha for pixel-space models (sigma^2 / alpha, as Xue et al., for latent ones)."""
+    return {"independent_steps": INDEPENDENT_STEPS if num_steps <= 7 else 0, "sigma_power": 1 if pixel else 2}
+
+
+def _is_pixel_default(ns) -> bool:
+    """The LD3 repository's rule: models with an EDM (VE-type) schedule are pixel-space, VP models latent."""
+    from ld3.schedules import NoiseScheduleEDM
+
+    return isinstance(ns, NoiseScheduleEDM)
+
+
 @register_kind("dmn")
 def dmn(
     req: Request,
     *,
     order: int | None = None,
-    init: str = "logSNR",
+    init: str | None = None,
     t_min: TimeLike | None = None,
     t_max: TimeLike | None = None,
     maxiter: int = 1000,
+    variant: str = "xue",
+    pixel: bool | None = None,
 ) -> Discretization:
-    """Optimized steps of Xue et al. 2024 for a multistep solver of the given order (default: the solver's, max 3)."""
+    """Optimized steps of Xue et al. 2024 for a multistep solver of the given order (default: the solver's, max 3).
+
+    ``variant='xue'`` (default): the objective of scxue/DM-NonUniform. ``variant='ld3'``: the LD3
+    repository's baseline (:func:`ld3_repo_terms`); ``pixel`` (default: EDM schedule -> pixel, VP ->
+    latent, as that repository decides) picks its error weight, ``order`` defaults to 3 and ``init`` to
+    logSNR for pixel and time_uniform for latent models (its 'unif' / 'unif_t').
+    """
     ns = req.noise_schedule
-    order = default_order(req.solver) if order is None else order
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is not supported; allowed: {list(VARIANTS)}")
+    if pixel is not None and not isinstance(pixel, bool):
+        raise ValueError(f"pixel must be true, false or null, got {pixel!r}")
+    if variant == "xue":
+        if pixel is not None:
+            raise ValueError(f"pixel={pixel!r} is only read by variant='ld3' (got variant='xue')")
+        terms = {"independent_steps": INDEPENDENT_STEPS, "sigma_power": 2}
+        order = default_order(req.solver) if order is None else order
+        init = "logSNR" if init is None else init
+    else:
+        pixel = _is_pixel_default(ns) if pixel is None else pixel
+        terms = ld3_repo_terms(req.num_points - 1, pixel)
+        order = 3 if order is None else order
+        init = ("logSNR" if pixel else "time_uniform") if init is None else init
     if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= MAX_ORDER:
         raise ValueError(f"order={order!r} is not supported; allowed: integers 1..{MAX_ORDER}")
     if init not in INITS:
@@ -269,7 +315,7 @@ def dmn(
     t_init = lookup(init)(req, t_min=lo, t_max=hi)
     lam_init = ns.marginal_lambda(t_init, check=False).numpy()  # increasing: noisiest first
     start = time.perf_counter()
-    lam, info = optimize_lambdas(lam_init, order=order, maxiter=maxiter)
+    lam, info = optimize_lambdas(lam_init, order=order, maxiter=maxiter, **terms)
     info["seconds"] = time.perf_counter() - start
     # lambda increases along the grid, so t = lambda^{-1} decreases: already in sampling order
     interior = ns.inverse_lambda(torch.from_numpy(lam[1:-1].copy()))
@@ -280,5 +326,13 @@ def dmn(
         solver=req.solver_name,
         nfe=req.nfe,
         metrics={k: v for k, v in info.items() if k != "message"},
-        config={"order": order, "init": init, "maxiter": maxiter, "message": info.get("message", "")},
+        config={
+            "order": order,
+            "init": init,
+            "maxiter": maxiter,
+            "variant": variant,
+            **({"pixel": pixel} if variant == "ld3" else {}),
+            **terms,
+            "message": info.get("message", ""),
+        },
     )
