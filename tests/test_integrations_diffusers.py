@@ -27,7 +27,7 @@ from diffusers import (  # noqa: E402
     UNet2DModel,
 )
 
-from ld3.discretizations import get_timesteps  # noqa: E402
+from ld3.discretizations import get_discretization, get_timesteps  # noqa: E402
 from ld3.discretizations import save as save_discretization  # noqa: E402
 from ld3.integrations.diffusers import LD3Scheduler, spacing_train_steps  # noqa: E402
 from ld3.models.wrapper import model_wrapper  # noqa: E402
@@ -357,5 +357,60 @@ def test_deis_diffusers_names_errors():
         get_solver("deis", ns, solver_type="bh2")
     with pytest.raises(ValueError, match="dpm_solver"):
         get_solver("deis", ns, algorithm_type="dpmsolver++")
-    with pytest.raises(ValueError, match="'edm'"):
-        get_solver("deis", ns, use_karras_sigmas=True)
+    karras = get_solver("deis", ns, use_karras_sigmas=True)
+    assert karras.use_karras_sigmas and karras.describe()["use_karras_sigmas"] is True
+    with pytest.raises(ValueError, match="karras_sigmas"):  # a grid that is not Karras' is refused when sampling
+        karras.sample(lambda x, t: torch.zeros_like(x), x_T(1), get_timesteps("logSNR", ns, 5))
+    karras.sample(lambda x, t: torch.zeros_like(x), x_T(1), get_timesteps("edm", ns, 5))  # rho = 7: accepted
+
+
+# ----------------------------------------------------------------------------------- use_karras_sigmas
+def _float64_deis(**cfg) -> DEISMultistepScheduler:
+    """DEISMultistepScheduler whose alphas_cumprod table holds ld3's float64 values of the same betas (its own
+    float32 cumprod is off by ~1e-4 relative in sigma at k = 0), so grids can be compared to float32 rounding."""
+    s = DEISMultistepScheduler(**cfg)
+    s.alphas_cumprod = torch.exp(2.0 * LD3Scheduler(**{k: v for k, v in cfg.items() if k.startswith("beta")})
+                                 .noise_schedule.log_alpha_array)
+    return s
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear"])
+def test_karras_sigmas_kind_is_diffusers_grid(beta_schedule):
+    """The karras_sigmas kind: diffusers' Karras noise levels (integration grid) and its rounded integer steps
+    (network times); diffusers' set_timesteps(n + 1) gives them plus a repeated last sigma."""
+    cfg = {"beta_schedule": beta_schedule}
+    ns = LD3Scheduler(**cfg).noise_schedule
+    for n in (1, 4, 9, 25):
+        theirs = _float64_deis(use_karras_sigmas=True, **cfg)
+        theirs.set_timesteps(n + 1)
+        d = get_discretization("karras_sigmas", ns, n, solver="deis")
+        assert d.timesteps.numel() == n + 1 and float(d.timesteps[0]) == ns.T and float(d.timesteps[-1]) == ns.eps
+        sig = ns.edm_sigma(d.timesteps).float()
+        assert torch.allclose(sig, theirs.sigmas[:-1], rtol=1e-6, atol=0) and theirs.sigmas[-1] == theirs.sigmas[-2]
+        assert torch.round(d.model_timesteps * 1000 - 1).long().tolist() == theirs.timesteps.tolist()
+        assert not torch.equal(d.model_timesteps, d.timesteps) or n == 1
+        plain = get_discretization("karras_sigmas", ns, n, round_model_timesteps=False)
+        assert plain.model_timesteps is None and torch.equal(plain.timesteps, get_timesteps("edm", ns, n))
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("steps", [6, 10])
+def test_deis_karras_matches_diffusers(unet, order, steps):
+    """DEISMultistepScheduler(use_karras_sigmas=True) with steps + 1 calls (its last one a zero-length step) ==
+    LD3Scheduler built from its config with steps calls: same Karras grid, same rounded network times, same
+    warm-down orders."""
+    theirs_sched = DEISMultistepScheduler(solver_order=order, use_karras_sigmas=True)
+    theirs = loop(theirs_sched, unet, x_T(2, 8), steps + 1)
+    ours_sched = LD3Scheduler.from_config(theirs_sched.config, solver="deis")
+    assert ours_sched.solver.use_karras_sigmas
+    ours = loop(ours_sched, unet, x_T(2, 8), steps)
+    assert ours_sched.timesteps.tolist() == theirs_sched.timesteps[:-1].tolist()
+    assert rel_err(ours, theirs) < RTOL
+    # not vacuous: the linspace grid, or the plain lower-order-final rule on the Karras grid, differ clearly
+    linspace = loop(LD3Scheduler(solver="deis", solver_options={"solver_order": order, "solver_type": "logrho"}),
+                    unet, x_T(2, 8), steps)
+    assert rel_err(linspace, theirs) > 1e-3
+    if order == 3 and steps == 6:
+        plain_orders = LD3Scheduler(solver="deis", solver_options={"solver_order": 3, "solver_type": "logrho"},
+                                    discretization="karras_sigmas")
+        assert rel_err(loop(plain_orders, unet, x_T(2, 8), steps), theirs) > 5 * RTOL

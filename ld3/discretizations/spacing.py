@@ -13,6 +13,14 @@ training steps (``noise_schedule.discrete_steps``). ``linspace`` and ``trailing`
 are registered discretization kinds; ``leading`` starts below T (at M * (N // (M + 1)) + offset), which a
 discretization kind may not, so it is offered only through :func:`spacing_grid` (LD3Scheduler's
 ``timestep_spacing``). With ``steps_offset=0`` its last step is k = 0, the end point itself (an error here).
+
+``karras_sigmas`` is the grid of diffusers' ``use_karras_sigmas=True`` (DEISMultistep, DPMSolverMultistep,
+UniPCMultistep, EulerDiscrete): the EDM noise levels sigma~ = sigma / alpha of the M + 1 points follow Karras et
+al.'s rho = 7 law from sigma~(T) to sigma~(1 / N) (the integration times are those of the ``edm`` kind), and the
+network gets the nearest integer step, found as diffusers' ``_sigma_to_t`` does (log sigma~ interpolated
+linearly over k) and rounded; these rounded steps are the ``model_timesteps``. diffusers runs the same grid
+with ``set_timesteps(M + 1)``: its last two sigmas are equal, so it spends one more network call on a
+zero-length final step that changes nothing. Here NFE = M.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ld3.discretizations.base import Request, register_kind
+from ld3.discretizations.base import Discretization, Request, register_kind
+from ld3.discretizations.handcrafted import edm
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
@@ -74,3 +83,25 @@ def linspace(req: Request) -> torch.Tensor:
 def trailing(req: Request) -> torch.Tensor:
     """diffusers' ``timestep_spacing='trailing'``."""
     return spacing_grid("trailing", _steps(req, "trailing"), req.num_points)
+
+
+def karras_train_steps(noise_schedule, sigmas: torch.Tensor) -> np.ndarray:
+    """diffusers' ``_sigma_to_t``: the fractional training step of each EDM noise level (log sigma~ linear in k)."""
+    log_table = (-noise_schedule.marginal_lambda(noise_schedule.t_array.to(torch.float64), check=False)).numpy()
+    log_s = np.log(np.maximum(sigmas.detach().to("cpu", torch.float64).numpy(), 1e-10))
+    return np.interp(log_s, log_table, np.arange(log_table.size, dtype=np.float64))
+
+
+@register_kind("karras_sigmas")
+def karras_sigmas(req: Request, *, round_model_timesteps: bool = True) -> Discretization:
+    """diffusers' ``use_karras_sigmas=True`` grid: Karras rho = 7 noise levels, integer network steps."""
+    n = _steps(req, "karras_sigmas")
+    if not isinstance(round_model_timesteps, bool):
+        raise ValueError(f"round_model_timesteps must be True or False, got {round_model_timesteps!r}")
+    ns = req.noise_schedule
+    t = edm(req, rho=7.0)
+    model_t = None
+    if round_model_timesteps:
+        ks = karras_train_steps(ns, ns.edm_sigma(t, check=False)).round()
+        model_t = torch.as_tensor((ks + 1.0) / n, dtype=torch.float64)
+    return Discretization(timesteps=t, model_timesteps=model_t, source="handcrafted:karras_sigmas")

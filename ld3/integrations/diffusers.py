@@ -151,13 +151,18 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         ``DEISMultistepScheduler`` config (``algorithm_type='deis'``) with ``solver='deis'`` and no
         ``solver_options``, its DEIS options (``solver_order``, ``solver_type``, ``algorithm_type``,
         ``lower_order_final``, ``use_karras_sigmas``, thresholding) become the solver's, so the scheduler runs
-        the same method."""
+        the same method. A config with ``use_karras_sigmas=True`` (any scheduler) selects the ``karras_sigmas``
+        discretization (diffusers' Karras grid) unless a discretization is given."""
         if config is not None and not isinstance(config, (str, bytes)) and hasattr(config, "get"):
             solver = kwargs.get("solver", config.get("solver"))
             is_deis = config.get("_class_name") == "DEISMultistepScheduler" or config.get("algorithm_type") == "deis"
             if (is_deis and solver == "deis"
                     and kwargs.get("solver_options", config.get("solver_options")) is None):
                 kwargs["solver_options"] = {k: config[k] for k in DEIS_OPTION_NAMES if k in config}
+            # a diffusers config's use_karras_sigmas=True is its grid: diffusers' Karras grid, unless one is given
+            if (config.get("use_karras_sigmas") and kwargs.get("discretization", config.get("discretization")) is None
+                    and kwargs.get("learned_timesteps", config.get("learned_timesteps")) is None):
+                kwargs["discretization"] = "karras_sigmas"
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @classmethod
@@ -220,6 +225,9 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
             ts = d.timesteps.to(torch.float64)
             mts = ts.clone() if d.model_timesteps is None else d.model_timesteps.to(torch.float64)
             return ts, mts
+        if getattr(self.solver, "use_karras_sigmas", False):  # deis(use_karras_sigmas=True) needs that grid
+            d = get_discretization("karras_sigmas", self.noise_schedule, nfe, solver=self.solver)
+            return d.timesteps.to(torch.float64), d.model_timesteps.to(torch.float64)
         n_points = int(self.solver.num_timesteps(nfe))
         ts = spacing_grid(self.config.timestep_spacing, self.num_train, n_points, self.config.steps_offset)
         return ts, ts.clone()

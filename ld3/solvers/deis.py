@@ -62,6 +62,29 @@ def _one_of(name: str, value: Any, alias: str, alias_value: Any, default: Any) -
     return default if value is None else value
 
 
+#: rho of the grid that ``use_karras_sigmas=True`` asks for, and the tolerance of that check (relative to the
+#: spread of sigma~^(1/rho); float32 noise levels from diffusers are well inside it)
+KARRAS_RHO = 7.0
+KARRAS_RTOL = 1e-5
+
+
+def check_karras_grid(noise_schedule, timesteps: torch.Tensor, rho: float = KARRAS_RHO) -> None:
+    """Raise unless sigma~(t)^(1/rho), sigma~ = sigma / alpha, is equally spaced on ``timesteps`` (Karras et al.
+    2022, Eq. 5): what diffusers' ``use_karras_sigmas=True`` integrates on, whatever its end points."""
+    td = timesteps.detach().to("cpu", torch.float64)
+    if td.numel() < 3:
+        return
+    s = noise_schedule.edm_sigma(td, check=False) ** (1.0 / rho)
+    expected = s[0] + (s[-1] - s[0]) * torch.linspace(0.0, 1.0, s.numel(), dtype=torch.float64)
+    err = float((s - expected).abs().max() / (s[0] - s[-1]).abs())
+    if not err <= KARRAS_RTOL:
+        raise ValueError(
+            f"use_karras_sigmas=True, but the grid is not a Karras (rho = {rho:g}) grid: (sigma / alpha)^(1/rho) "
+            f"deviates from equal spacing by {err:.3g} of its range (allowed {KARRAS_RTOL:g}). Use the discretization "
+            f"'karras_sigmas' (diffusers' grid) or 'edm' with rho = 7, or use_karras_sigmas=False for any grid"
+        )
+
+
 @register_solver("deis")
 class DEIS(Solver):
     """DEIS multistep (noise prediction).
@@ -78,9 +101,12 @@ class DEIS(Solver):
 
     diffusers' ``DEISMultistepScheduler`` option names are accepted with its meanings: ``solver_order``
     (= order), ``solver_type='logrho'`` (= variant 'logrho'), ``algorithm_type='deis'`` (the only one),
-    ``lower_order_final`` and the thresholding options (same names), ``use_karras_sigmas=False`` (True is a
-    grid choice: an error pointing to the 'edm' discretization). An option and its alias given together must
-    agree.
+    ``lower_order_final`` and the thresholding options (same names), and ``use_karras_sigmas``. The last one
+    chooses diffusers' *grid*, which an ld3 solver receives rather than makes: with ``use_karras_sigmas=True``
+    the solver checks that its grid follows Karras et al.'s rho = 7 law on the EDM noise level sigma / alpha
+    (:func:`check_karras_grid`), as the ``karras_sigmas`` discretization (diffusers' grid, including its
+    integer network times) and ``edm`` (rho = 7) produce, and raises otherwise; ``LD3Scheduler`` picks the
+    ``karras_sigmas`` grid for it. An option and its alias given together must agree.
     """
 
     def __init__(
@@ -113,12 +139,7 @@ class DEIS(Solver):
                 f"algorithm_type={algorithm_type!r} is not supported by deis; allowed: ['deis'] (diffusers' DEIS "
                 f"silently runs 'deis' for 'dpmsolver' / 'dpmsolver++'; here use the dpm_solver++ solver instead)"
             )
-        if check_bool("use_karras_sigmas", use_karras_sigmas):
-            raise ValueError(
-                "use_karras_sigmas=True chooses the time grid, not the solver: use the discretization kind 'edm' "
-                "(Karras et al.'s rho = 7 law on sigma / alpha over the model's range); diffusers also rounds the "
-                "network times to integer steps (LD3Scheduler's round_model_timesteps=True)"
-            )
+        self.use_karras_sigmas = check_bool("use_karras_sigmas", use_karras_sigmas)
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.lower_order_final_below = check_int_range("lower_order_final_below", lower_order_final_below, 1, 10**9)
         self.quadrature_points = check_int_range("quadrature_points", quadrature_points, 1, 256)
@@ -128,7 +149,15 @@ class DEIS(Solver):
         self._gl_weights = (0.5 * weights).tolist()
 
     def step_orders(self, n_steps: int) -> List[int]:
-        """The order of every step."""
+        """The order of every step.
+
+        With ``use_karras_sigmas`` the warm-down counts the zero-length final step that diffusers spends on
+        this grid (see :mod:`ld3.discretizations.spacing`), as DEISMultistepScheduler does: the last real step
+        has order min(order, 2), not 1.
+        """
+        if self.use_karras_sigmas:
+            return multistep_orders(n_steps + 1, self.order, self.lower_order_final,
+                                    self.lower_order_final_below)[:n_steps]
         return multistep_orders(n_steps, self.order, self.lower_order_final, self.lower_order_final_below)
 
     # ------------------------------------------------------------------ coefficients
@@ -187,6 +216,8 @@ class DEIS(Solver):
         model_timesteps: torch.Tensor,
         step_done: StepHook,
     ) -> torch.Tensor:
+        if self.use_karras_sigmas:
+            check_karras_grid(self.noise_schedule, timesteps)
         g = grid_quantities(self.noise_schedule, timesteps)
         plan = self._plan(g)
         t_in = per_sample(model_timesteps, x.shape[0])
@@ -213,4 +244,6 @@ class DEIS(Solver):
         }
         if self.variant == "tab":
             out["quadrature_points"] = self.quadrature_points
+        if self.use_karras_sigmas:
+            out["use_karras_sigmas"] = True
         return out
