@@ -57,6 +57,12 @@ DEIS_OPTION_NAMES = ("solver_order", "solver_type", "algorithm_type", "lower_ord
                      "thresholding", "dynamic_thresholding_ratio", "sample_max_value")
 
 
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a run is integrated in: float32 for half-precision states (as diffusers' multistep schedulers
+    upcast in ``step``), else the state's own."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 class _Pause(Exception):
     """Raised by the replay ``model_fn`` at the first network call without a stored output."""
 
@@ -323,8 +329,9 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
             got = float(timestep)
             if not math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-4):
                 raise ValueError(f"step {i} got timestep={got}, expected {expected} (self.timesteps[{i}])")
+        work = _work_dtype(sample.dtype)
         if i == 0:
-            self._x_T = sample
+            self._x_T = sample.to(work)
         elif sample is not self._last and not (
             sample.shape == self._last.shape and torch.equal(sample.to(self._last.dtype), self._last)
         ):
@@ -334,7 +341,7 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
             )
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {tuple(model_output.shape)} != sample shape {tuple(sample.shape)}")
-        self._eps.append(self._to_noise(model_output, sample, self._call_t[i]))
+        self._eps.append(self._to_noise(model_output.to(work), sample.to(work), self._call_t[i]))
         prev = self._replay().to(sample.dtype)
         self._step_index += 1
         self._last = prev
