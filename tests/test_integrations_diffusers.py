@@ -440,3 +440,18 @@ def test_half_precision_states_are_integrated_in_float32():
     assert rel_err(run(torch.float32), exact) < 1e-6
     assert rel_err(run(torch.float16), exact) < 1e-3
     assert rel_err(run(torch.bfloat16), exact) < 8e-3
+
+
+def test_learned_variance_output_keeps_the_prediction_channels():
+    """A UNet with out_channels = 2 * in_channels (prediction + learned variance): LD3Scheduler uses the first
+    half, as DPMSolverMultistepScheduler(variance_type='learned_range') does."""
+    torch.manual_seed(1)
+    net = UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=6, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    ).eval()
+    theirs = loop(DPMSolverMultistepScheduler(solver_order=2, final_sigmas_type="sigma_min",
+                                              variance_type="learned_range"), net, x_T(2, 9), 6)
+    ours = loop(LD3Scheduler(solver="dpm_solver++", solver_options={"order": 2, "lower_order_final_below": 15}),
+                net, x_T(2, 9), 6)
+    assert rel_err(ours, theirs) < RTOL

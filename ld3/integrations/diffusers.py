@@ -318,7 +318,8 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
     ) -> Union[SchedulerOutput, Tuple[torch.Tensor]]:
         """Take the network output for the current call and return the next network input (after the last
         call: the final sample x_0). ``generator`` is accepted for pipelines and unused (the solvers are ODE
-        solvers)."""
+        solvers). An output with twice the sample's channels (a learned-variance UNet) keeps its first half, the
+        prediction, as diffusers' schedulers with ``variance_type='learned_range'`` do."""
         if self._grid is None:
             raise ValueError("call set_timesteps before step")
         if self._step_index >= len(self._call_t):
@@ -339,6 +340,9 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
                 "sample differs from the prev_sample returned by the previous step; LD3Scheduler integrates from "
                 "its own state (pipelines that modify the latents between steps are not supported)"
             )
+        if (model_output.dim() >= 2 and model_output.shape[1] == 2 * sample.shape[1]
+                and model_output.shape[2:] == sample.shape[2:] and model_output.shape[0] == sample.shape[0]):
+            model_output = model_output[:, : sample.shape[1]]  # learned variance: (prediction, variance) channels
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {tuple(model_output.shape)} != sample shape {tuple(sample.shape)}")
         self._eps.append(self._to_noise(model_output.to(work), sample.to(work), self._call_t[i]))
