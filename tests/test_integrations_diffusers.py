@@ -455,3 +455,34 @@ def test_learned_variance_output_keeps_the_prediction_channels():
     ours = loop(LD3Scheduler(solver="dpm_solver++", solver_options={"order": 2, "lower_order_final_below": 15}),
                 net, x_T(2, 9), 6)
     assert rel_err(ours, theirs) < RTOL
+
+
+def test_custom_timesteps_and_sigmas_as_in_diffusers(unet):
+    """set_timesteps(timesteps=...) (network steps; end point t = 1/N appended) runs the grid that
+    DPMSolverMultistepScheduler(final_sigmas_type='sigma_min') runs for the same custom timesteps; sigmas=... (all
+    points, EulerDiscrete's convention, a final 0 meaning the end point) gives the same grid."""
+    ks = [999, 850, 610, 402, 211, 80, 19]
+
+    def run(sched, **kw):
+        sched.set_timesteps(**kw)
+        x = x_T(2, 10)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for t in sched.timesteps:
+                x = sched.step(unet(x, t).sample, t, x).prev_sample
+        return x
+
+    theirs = run(DPMSolverMultistepScheduler(solver_order=2, final_sigmas_type="sigma_min"), timesteps=ks)
+    ours_sched = LD3Scheduler(solver="dpm_solver++", solver_options={"order": 2, "lower_order_final_below": 15})
+    ours = run(ours_sched, timesteps=ks)
+    assert ours_sched.timesteps.tolist() == [float(k) for k in ks]
+    assert rel_err(ours, theirs) < RTOL
+    ns = ours_sched.noise_schedule
+    grid = torch.tensor([(k + 1) / 1000 for k in ks] + [1 / 1000], dtype=torch.float64)
+    sig = ns.edm_sigma(grid)
+    assert rel_err(run(ours_sched, sigmas=sig.tolist()), ours) < 1e-6
+    assert rel_err(run(ours_sched, sigmas=sig[:-1].tolist() + [0.0]), ours) < 1e-6
+    with pytest.raises(ValueError, match="invalid grid"):
+        ours_sched.set_timesteps(timesteps=[999, 500, 0])  # k = 0 is the end point
+    with pytest.raises(ValueError, match="only one of"):
+        ours_sched.set_timesteps(5, timesteps=ks)

@@ -238,15 +238,60 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         ts = spacing_grid(self.config.timestep_spacing, self.num_train, n_points, self.config.steps_offset)
         return ts, ts.clone()
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device, None] = None,
-                      **kwargs: Any) -> None:
+    def _custom_grid(self, timesteps: Optional[Sequence[float]], sigmas: Optional[Sequence[float]]) -> torch.Tensor:
+        """The grid t of diffusers-style custom ``timesteps`` (steps k of the network calls; the end point
+        t = 1 / N is appended, as ``final_sigmas_type='sigma_min'``) or ``sigmas`` (noise levels sigma / alpha of
+        all points, end point included as in EulerDiscreteScheduler; a final 0 stands for t = 1 / N)."""
+        if self._learned is not None:
+            raise ValueError("this LD3Scheduler holds a learned discretization; custom timesteps / sigmas are not "
+                             "accepted (build one without it)")
+        ns = self.noise_schedule
+        if timesteps is not None:
+            ks = torch.as_tensor(list(timesteps), dtype=torch.float64).reshape(-1)
+            ts = torch.cat([self._from_unet_time(ks), torch.tensor([ns.eps], dtype=torch.float64)])
+            what = f"timesteps={ks.tolist()} (training steps of the network calls, descending, each > 0)"
+        else:
+            sig = torch.as_tensor(list(sigmas), dtype=torch.float64).reshape(-1)
+            if sig.numel() < 2 or not bool((sig[:-1] > 0).all()) or float(sig[-1]) < 0:
+                raise ValueError(f"sigmas={sig.tolist()} must be positive (the last may be 0) with at least 2 values")
+            last_zero = float(sig[-1]) == 0.0
+            ts = ns.inverse_edm_sigma(sig[:-1] if last_zero else sig)
+            if last_zero:
+                ts = torch.cat([ts, torch.tensor([ns.eps], dtype=torch.float64)])
+            # float32 sigmas at the schedule's ends are the ends
+            ts = torch.where((ts - ns.T).abs() <= 1e-6 * ns.T, torch.full_like(ts, ns.T), ts)
+            ts = torch.where((ts - ns.eps).abs() <= 1e-6 * ns.eps, torch.full_like(ts, ns.eps), ts)
+            what = f"sigmas={sig.tolist()} (descending noise levels inside the schedule's range)"
+        try:
+            ts = ns.check_grid(ts, name="the custom grid")
+            self.solver.check_grid_length(ts.numel())
+        except ValueError as e:
+            raise ValueError(f"{what} give an invalid grid: {e}") from None
+        return ts
+
+    def set_timesteps(
+        self,
+        num_inference_steps: Optional[int] = None,
+        device: Union[str, torch.device, None] = None,
+        timesteps: Optional[Sequence[float]] = None,
+        sigmas: Optional[Sequence[float]] = None,
+    ) -> None:
         """Build the grid for ``num_inference_steps`` network calls (None or the file's count for a learned
         discretization) and reset the per-run state. ``self.timesteps`` are the UNet inputs, one per network
-        call, in call order (float32; fractional where the grid is not on training steps)."""
-        if kwargs.get("timesteps") is not None or kwargs.get("sigmas") is not None:
-            raise ValueError("LD3Scheduler takes its grid from its discretization; custom timesteps/sigmas are not "
-                             "accepted (save them as a discretization file and use from_discretization)")
-        ts, mts = self._grid_for(num_inference_steps)
+        call, in call order (float32; fractional where the grid is not on training steps).
+
+        Instead of ``num_inference_steps``, custom ``timesteps`` (training steps of the network calls) or
+        ``sigmas`` (noise levels of all grid points) may be given, as to diffusers' DPMSolverMultistep /
+        EulerDiscrete schedulers (and through a pipeline's ``timesteps=`` / ``sigmas=`` arguments); see
+        :meth:`_custom_grid`. They set the integration grid; the network is called at its points.
+        """
+        if sum(v is not None for v in (num_inference_steps, timesteps, sigmas)) > 1:
+            raise ValueError("pass only one of num_inference_steps, timesteps and sigmas")
+        if timesteps is not None or sigmas is not None:
+            ts = self._custom_grid(timesteps, sigmas)
+            mts = ts.clone()
+        else:
+            ts, mts = self._grid_for(num_inference_steps)
         if self.config.round_model_timesteps:
             mts = self._from_unet_time(torch.round(self._unet_time(mts)))
         calls: List[torch.Tensor] = []
