@@ -486,3 +486,68 @@ def test_custom_timesteps_and_sigmas_as_in_diffusers(unet):
         ours_sched.set_timesteps(timesteps=[999, 500, 0])  # k = 0 is the end point
     with pytest.raises(ValueError, match="only one of"):
         ours_sched.set_timesteps(5, timesteps=ks)
+
+
+def test_begin_index_and_add_noise_as_diffusers_img2img(unet):
+    """img2img: set_begin_index(b) + add_noise at timesteps[b] + steps from b on, against
+    DPMSolverMultistepScheduler doing the same (its multistep history also starts afresh at b), and against
+    ld3's solver run directly on the grid's tail."""
+    x0 = x_T(2, 11).clamp(-1, 1)
+    noise = x_T(2, 12)
+
+    def img2img(sched, b):
+        sched.set_timesteps(10)
+        sched.set_begin_index(b)
+        ts = sched.timesteps[b:]
+        x = sched.add_noise(x0, noise, ts[:1].repeat(2))
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for t in ts:
+                x = sched.step(unet(x, t).sample, t, x).prev_sample
+        return x
+
+    ours_sched = LD3Scheduler(solver="dpm_solver++", solver_options={"order": 2, "lower_order_final_below": 15})
+    for b in (3, 6):
+        theirs = img2img(DPMSolverMultistepScheduler(solver_order=2, final_sigmas_type="sigma_min"), b)
+        ours = img2img(ours_sched, b)
+        assert ours_sched.step_index == 10 and ours_sched.begin_index == b
+        assert rel_err(ours, theirs) < RTOL
+        ts, mts = ours_sched._grid
+        ns = ours_sched.noise_schedule
+        x_b = ns.marginal_alpha(ts[b]) * x0 + ns.marginal_std(ts[b]) * noise
+        model_fn = model_wrapper(lambda z, t: unet(z, t).sample, ns)
+        with torch.no_grad():
+            direct = get_solver("dpm_solver++", ns, order=2, lower_order_final_below=15).sample(model_fn, x_b, ts[b:])
+        assert rel_err(ours, direct) < 1e-6
+    assert rel_err(img2img(ours_sched, 3), img2img(ours_sched, 6)) > 1e-2  # the start matters
+    ours_sched.set_timesteps(10)
+    assert ours_sched.begin_index is None  # set_timesteps resets it, as in diffusers
+    with pytest.raises(ValueError, match="one network call per grid point"):
+        heun = LD3Scheduler(solver="heun")
+        heun.set_timesteps(7)
+        heun.set_begin_index(2)
+
+
+def test_stable_diffusion_img2img_pipeline(sd_dir):
+    """StableDiffusionImg2ImgPipeline (get_timesteps -> set_begin_index, add_noise) with LD3Scheduler configured
+    as DPM-Solver++ 2M gives the latents of DPMSolverMultistepScheduler(final_sigmas_type='sigma_min')."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(sd_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    image = (torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1)
+
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pipe("a cat", image=image, strength=0.6, num_inference_steps=8, guidance_scale=7.5,
+                        generator=torch.Generator().manual_seed(4), output_type="latent").images
+
+    cfg = dict(pipe.scheduler.config)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(cfg, solver_order=2, final_sigmas_type="sigma_min")
+    theirs = run()
+    pipe.scheduler = LD3Scheduler.from_config(cfg, solver="dpm_solver++",
+                                              solver_options={"order": 2, "lower_order_final_below": 15})
+    ours = run()
+    assert pipe.scheduler.begin_index == 4  # strength 0.6 of 8 steps: the last int(4.8) = 4 calls
+    assert rel_err(ours, theirs) < RTOL

@@ -148,6 +148,7 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.empty(0)
         self._grid: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         self._call_t: List[torch.Tensor] = []
+        self._begin_index: Optional[int] = None
         self._reset_run()
 
     # ------------------------------------------------------------------ construction helpers
@@ -310,18 +311,69 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
             unet_t = torch.round(unet_t)
         self.timesteps = unet_t.to(device=device, dtype=torch.float32)
         self.num_inference_steps = len(calls)
+        self._begin_index = None
         self._reset_run()
 
     def _reset_run(self) -> None:
-        self._step_index = 0
+        self._step_index = self._begin_index or 0
         self._x_T: Optional[torch.Tensor] = None
         self._eps: List[torch.Tensor] = []
         self._last: Optional[torch.Tensor] = None
 
     @property
     def step_index(self) -> int:
-        """Number of ``step`` calls made in the current run."""
+        """Index in ``timesteps`` of the next network call (the run starts at ``begin_index`` or 0)."""
         return self._step_index
+
+    @property
+    def begin_index(self) -> Optional[int]:
+        """The call a run starts at (img2img), None for 0; reset by ``set_timesteps``."""
+        return self._begin_index
+
+    def _one_call_per_point(self) -> bool:
+        ts, mts = self._grid
+        return len(self._call_t) == ts.numel() - 1 and all(
+            float(c) == float(m) for c, m in zip(self._call_t, mts[:-1].tolist(), strict=True))
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start runs at network call ``begin_index`` (img2img pipelines call this after ``set_timesteps``): the
+        solver then runs on the grid from point ``begin_index`` on, its multistep history starting afresh there,
+        as diffusers' multistep schedulers do. Needs a solver with one network call per grid point."""
+        if self._grid is None:
+            raise ValueError("call set_timesteps before set_begin_index")
+        b = int(begin_index)
+        if not 0 <= b < len(self._call_t):
+            raise ValueError(f"begin_index={begin_index} is outside 0..{len(self._call_t) - 1}")
+        if b and not self._one_call_per_point():
+            raise ValueError(f"solver {self.solver.name!r} does not make one network call per grid point, so a run "
+                             f"cannot start at call {b}")
+        self._begin_index = b
+        self._reset_run()
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """x_t = alpha_t x_0 + sigma_t noise at the grid point of the network call ``timesteps`` (its integration
+        time, which differs from the network time for decoupled grids); with a ``begin_index``, at that point."""
+        if self._grid is None:
+            raise ValueError("call set_timesteps before add_noise")
+        if not self._one_call_per_point():
+            raise ValueError(f"add_noise needs a solver with one network call per grid point, not {self.solver.name!r}")
+        steps = torch.as_tensor(timesteps).reshape(-1).to("cpu", torch.float64)
+        if self._begin_index is not None:
+            idx = [self._begin_index] * steps.numel()
+        else:
+            unet_t = self.timesteps.to("cpu", torch.float64)
+            idx = []
+            for k in steps.tolist():
+                hits = (unet_t - k).abs() <= 1e-4 * max(1.0, abs(k))
+                if not bool(hits.any()):
+                    raise ValueError(f"timestep {k} is not one of this scheduler's timesteps {unet_t.tolist()}")
+                idx.append(int(hits.nonzero()[0]))
+        t = self._grid[0][idx]
+        log_alpha, sigma = self.noise_schedule.marginal_log_alpha_and_std(t)
+        shape = (-1,) + (1,) * (original_samples.dim() - 1)
+        alpha = torch.exp(log_alpha).reshape(shape).to(original_samples.device, original_samples.dtype)
+        sigma = sigma.reshape(shape).to(original_samples.device, original_samples.dtype)
+        return alpha * original_samples + sigma * noise
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         """Identity: the network takes the state x_t itself."""
@@ -348,8 +400,9 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
             return eps
 
         ts, mts = self._grid
+        b = self._begin_index or 0
         try:
-            return self.solver.sample(model_fn, self._x_T, ts, mts)
+            return self.solver.sample(model_fn, self._x_T, ts[b:], mts[b:])
         except _Pause as p:
             return p.x
 
@@ -376,7 +429,7 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
             if not math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-4):
                 raise ValueError(f"step {i} got timestep={got}, expected {expected} (self.timesteps[{i}])")
         work = _work_dtype(sample.dtype)
-        if i == 0:
+        if i == (self._begin_index or 0):
             self._x_T = sample.to(work)
         elif sample is not self._last and not (
             sample.shape == self._last.shape and torch.equal(sample.to(self._last.dtype), self._last)
