@@ -551,3 +551,14 @@ def test_stable_diffusion_img2img_pipeline(sd_dir):
     ours = run()
     assert pipe.scheduler.begin_index == 4  # strength 0.6 of 8 steps: the last int(4.8) = 4 calls
     assert rel_err(ours, theirs) < RTOL
+
+
+def test_any_config_with_karras_sigmas_selects_the_karras_grid():
+    """from_config of a (non-DEIS) diffusers config with use_karras_sigmas=True runs diffusers' Karras grid."""
+    theirs = DPMSolverMultistepScheduler(solver_order=2, use_karras_sigmas=True, final_sigmas_type="sigma_min")
+    ours = LD3Scheduler.from_config(theirs.config, solver="dpm_solver++")
+    assert ours.config.discretization == "karras_sigmas"
+    theirs.set_timesteps(8)
+    ours.set_timesteps(7)
+    assert ours.timesteps.tolist() == theirs.timesteps[:-1].tolist()
+    assert LD3Scheduler.from_config(theirs.config, discretization="logSNR").config.discretization == "logSNR"
