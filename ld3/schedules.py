@@ -30,9 +30,9 @@ schedule inside a hot loop passes ``check=False`` after validating its time grid
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 Tensorish = Union[torch.Tensor, float, Sequence[float]]
@@ -52,9 +52,11 @@ def _as_tensor(t: Tensorish) -> torch.Tensor:
 class _InterpTable:
     """Piecewise-linear interpolation of (xp, fp), linear extrapolation beyond the ends; xp increasing.
 
-    The tables and their segment differences are cached per (device, dtype) of the query, so a call is
-    one searchsorted and four ``index_select`` (half the cost of recomputing them: it matters for
-    sampling at batch 1). The result is bitwise f0 + (x - x0) (f1 - f0) / (x1 - x0), differentiable in x.
+    The result is bitwise f0 + (x - x0) (f1 - f0) / (x1 - x0) on the segment [x0, x1] holding x (the
+    first / last segment beyond the ends), differentiable in x. Per (device, dtype) of the query, the
+    tables are cached as the interior knots (``searchsorted`` on them gives the segment index directly)
+    and one (4, segments) stack of f0, x0, f1 - f0, x1 - x0, so a call is one ``searchsorted`` and one
+    ``index_select``: the fixed cost matters for sampling at batch 1.
     """
 
     def __init__(self, xp: torch.Tensor, fp: torch.Tensor) -> None:
@@ -66,15 +68,16 @@ class _InterpTable:
         if key not in self._cache:
             xp = self.xp.to(device=device, dtype=dtype)
             fp = self.fp.to(device=device, dtype=dtype)
-            self._cache[key] = (xp, fp, xp[1:] - xp[:-1], fp[1:] - fp[:-1])
+            segments = torch.stack([fp[:-1], xp[:-1], fp[1:] - fp[:-1], xp[1:] - xp[:-1]])
+            self._cache[key] = (xp[1:-1].contiguous(), segments)
         return self._cache[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        xp, fp, dxp, dfp = self._tables(x.device, x.dtype)
-        idx = (torch.searchsorted(xp, x.detach().contiguous()) - 1).clamp_(0, xp.numel() - 2)
-        return fp.index_select(0, idx) + (x - xp.index_select(0, idx)) * dfp.index_select(0, idx) / dxp.index_select(
-            0, idx
-        )
+        inner, segments = self._tables(x.device, x.dtype)
+        # number of interior knots below x = the segment index, already clamped to [0, segments - 1]
+        idx = torch.searchsorted(inner, x.detach().contiguous())
+        f0, x0, df, dx = segments.index_select(1, idx).unbind(0)
+        return f0 + (x - x0) * df / dx
 
 
 class NoiseSchedule:
@@ -133,14 +136,14 @@ class NoiseSchedule:
             raise ValueError(f"{name} has {n} points, {length} needed")
         if n < 2:
             raise ValueError(f"{name} needs at least 2 points, got {n}")
-        # one device->host copy, then cheap checks on a small numpy array (no further syncs; numpy's
-        # per-call cost is a third of torch's on such tiny arrays, which matters for sampling at batch 1)
-        td = timesteps.detach().to("cpu", torch.float64).numpy()
-        if not np.isfinite(td).all():
-            raise ValueError(f"{name} contains NaN or inf: {td.tolist()}")
-        if not (td[1:] < td[:-1]).all():
-            raise ValueError(f"{name} must be strictly descending (t_max -> t_min), got {td.tolist()}")
-        self._check_range(float(td[-1]), float(td[0]), name)
+        # one device->host copy, then checks on a list of Python floats (no further syncs; on grids of
+        # solver size this costs half of numpy's per-call overhead, which matters for sampling at batch 1)
+        td = timesteps.detach().to("cpu", torch.float64).tolist()
+        if not all(map(math.isfinite, td)):
+            raise ValueError(f"{name} contains NaN or inf: {td}")
+        if not all(map(operator.gt, td, td[1:])):
+            raise ValueError(f"{name} must be strictly descending (t_max -> t_min), got {td}")
+        self._check_range(td[-1], td[0], name)
         return timesteps
 
     # ----------------------------------------------------------------- conventions
@@ -328,6 +331,8 @@ class NoiseScheduleVP(NoiseSchedule):
     def marginal_log_mean_coeff(self, t: Tensorish, check: bool = True) -> torch.Tensor:
         t = self.check_t(t) if check else _as_tensor(t)
         if self.schedule == "discrete":
+            if t.dim() == 1:  # a time grid: no reshapes (two dispatches less per sampling call)
+                return self._log_alpha_of_t(t)
             return self._log_alpha_of_t(t.reshape(-1)).reshape(t.shape)
         if self.schedule == "linear":
             return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
