@@ -19,8 +19,9 @@ Conventions: each schedule class owns every fact that depends on its family, so 
 ``prior_scale`` (x_T = prior_scale * z), ``model_time_input`` / ``inverse_model_time_input`` (the time the
 network was trained with), ``default_time_mode`` (LD3's ``time_mode: auto``), ``t_min`` / ``t_max`` (the
 grid endpoints eps and T), ``time_unit`` and ``time_from_unit`` (grids stored in t or in the EDM sigma),
-``discrete_steps`` (N of a discrete-time model) and :meth:`NoiseSchedule.check_grid`, the one validator of
-a time grid used by solvers, discretizations and learners. No module outside this one compares ``kind``.
+``discrete_steps`` (N of a discrete-time model), ``pixel_space_default`` (DMN's pixel / latent default)
+and :meth:`NoiseSchedule.check_grid`, the one validator of a time grid used by solvers, discretizations and
+learners. No module outside this one compares ``kind`` or tests a schedule's class.
 
 Validation: the public methods check that t lies in [eps, T] (with a small tolerance) and raise a
 ``ValueError`` naming the offending value. The check needs one host sync; code that evaluates a
@@ -152,6 +153,9 @@ class NoiseSchedule:
     time_unit: str = "t"
     #: LD3's parameterization of the grid when the config says ``time_mode: auto`` (``"lambda"`` or ``"time"``)
     default_time_mode: str = "time"
+    #: whether a model of this family counts as pixel-space when nothing says otherwise (the LD3 repository's
+    #: rule for its DMN baseline, ``discretizations/dmn.py``: EDM models are pixel-space, VP models latent)
+    pixel_space_default: bool = False
 
     @property
     def prior_scale(self) -> float:
@@ -419,6 +423,7 @@ class NoiseScheduleEDM(NoiseSchedule):
     kind = "edm"
     time_unit = "sigma"  # t is sigma
     default_time_mode = "lambda"  # the LD3 reference's choice for its EDM models (CIFAR-10, FFHQ, AFHQv2)
+    pixel_space_default = True
 
     @property
     def prior_scale(self) -> float:
