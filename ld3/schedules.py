@@ -21,7 +21,7 @@ network was trained with), ``default_time_mode`` (LD3's ``time_mode: auto``), ``
 grid endpoints eps and T), ``time_unit`` and ``time_from_unit`` (grids stored in t or in the EDM sigma),
 ``discrete_steps`` (N of a discrete-time model), ``pixel_space_default`` (DMN's pixel / latent default)
 and :meth:`NoiseSchedule.check_grid`, the one validator of a time grid used by solvers, discretizations and
-learners. No module outside this one compares ``kind`` or tests a schedule's class.
+learners. No module outside this one compares ``kind``.
 
 Validation: the public methods check that t lies in [eps, T] (with a small tolerance) and raise a
 ``ValueError`` naming the offending value. The check needs one host sync; code that evaluates a
