@@ -59,6 +59,10 @@ def test_tiny_table(script, tmp_path, monkeypatch):
             "--override", "ld3:learner.max_iters=2", "--override", "timetuner:learner.total_iters=3",
             "--override", "timetuner:learner.batch_size=3"]
     script.main(argv)
+    import logging
+
+    # two runs in one process: one console handler (log lines are not repeated once per earlier run)
+    assert sum(bool(getattr(h, "_ld3", False)) for h in logging.getLogger("ld3.learner").handlers) == 1
     cells = {p.name: json.loads(p.read_text()) for p in (runs / "cells").glob("*.json")}
     assert set(cells) == {"analytic_gmm-ipndm-N4-ld3.json", "analytic_gmm-ipndm-N4-timetuner.json"}
 
