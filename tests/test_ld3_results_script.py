@@ -41,6 +41,14 @@ def test_overrides_and_short(script):
     assert not script.short({**row, "learner": "timetuner"})
     assert not script.short({**row, "nfe": 6})
     assert script.short({**row, "nfe": 6, "improvement_vs_best": 0.0})  # a tie is a miss
+    hc = {"time_uniform": 0.3, "time_quadratic": 0.2, "logSNR": 0.5, "edm": 0.9}
+    miss = {"model": "digits", "solver": "uni_pc", "nfe": 6, "learner": "timetuner", "base_grid": "logSNR",
+            "returned": "start", "handcrafted": hc, "best_handcrafted": "time_quadratic",
+            "best_handcrafted_value": 0.2, "learned": 0.5, "improvement_vs_best": -1.5}
+    notes = script.misses_notes([miss, {**miss, "solver": "ipndm", "improvement_vs_best": 0.1}])
+    assert sum(line.startswith("* ") for line in notes) == 1
+    assert "base grid logSNR (lowest validation loss), returned its base grid" in notes[-2]
+    assert script.misses_notes([{**miss, "improvement_vs_best": 0.1}]) == []
     # the LD3 config is main.py's: configs/learner/ld3.yaml (+ the model's preset) as Hydra composes it
     args = script.parse_args([])
     c = script.compose("digits", "ipndm", 4, "ld3", args)
