@@ -213,23 +213,30 @@ def misses_notes(rows: List[Dict[str, Any]]) -> List[str]:
         what = "start" if r["learner"] == "ld3" else "base grid"
         got = ("the tuned " + ("grid" if r["learner"] == "ld3" else "ratios")) if r.get("returned") == "learned" \
             else f"its {what} (nothing beat it on validation)"
-        held = f"{start} scores {fmt(r['handcrafted'][start])} and " if start in r["handcrafted"] else ""
+        best = f"{r['best_handcrafted']} scores {fmt(r['best_handcrafted_value'])}"
+        if start == r["best_handcrafted"]:
+            held = f"{start} is also the best hand-crafted grid ({fmt(r['best_handcrafted_value'])})"
+        elif start in r["handcrafted"]:
+            held = f"{start} scores {fmt(r['handcrafted'][start])} and {best}"
+        else:
+            held = best
         out.append(f"* {r['model']} {r['solver']} NFE {r['nfe']}, {names[r['learner']]}: {what} {start} (lowest "
-                   f"validation loss), returned {got}; on the held-out pairs {held}{r['best_handcrafted']} scores "
-                   f"{fmt(r['best_handcrafted_value'])}, the learned grid {fmt(r['learned'])}.")
+                   f"validation loss), returned {got}; on the held-out pairs {held}, the learned grid "
+                   f"{fmt(r['learned'])}.")
     if not out:
         return []
     return ["### Misses", "",
             "Per-sample distances to the teacher are heavy-tailed (a few samples carry much of the mean), so the 50 "
             "validation pairs and the 100 held-out pairs can disagree on which grid is better when the gain is "
-            "small. Where the tuned grid or ratios are better on validation but not on the held-out pairs, or the "
-            "validation pairs pick a different hand-crafted grid than the held-out pairs do, the cell is a miss:",
+            "small. A cell misses when the tuned grid or ratios are better on validation but not on the held-out "
+            "pairs, when the validation pairs pick a different hand-crafted start than the held-out pairs would, or "
+            "when nothing beats the start on validation (the start is returned: a tie):",
             ""] + out + [""]
 
 
 def write_markdown(rows: List[Dict[str, Any]], args: argparse.Namespace, elapsed: float) -> None:
     wall = sum(r.get("wall_s", 0.0) for r in rows)
-    tt = " ".join(f"learner.{k}={v}" for k, v in TIMETUNER_OVERRIDES.items())
+    tt = " ".join(o for o in learner_overrides("timetuner"))
     lines = [
         "# Learned vs hand-crafted time discretizations",
         "",
@@ -253,8 +260,8 @@ def write_markdown(rows: List[Dict[str, Any]], args: argparse.Namespace, elapsed
         "docs/timetuner.md): the per-step network-time ratios r_i (network time r_i t_i, solver coefficients "
         "at t_i) are tuned jointly through the row's solver to the teacher's final samples, and the ratios with "
         "the lowest validation loss are returned (all ratios 1, the base grid, if none beats it). The paper's "
-        "per-step DDIM objective (`learner.objective=ddim_step`, the default) tunes ratios for DDIM, which do not "
-        "carry over to these higher-order solvers.",
+        "per-step DDIM objective (`learner.objective=ddim_step`, the default) tunes the ratios for DDIM, not for "
+        "the row's solver (`++`: `objective` and `valid_every` are not yet keys of configs/learner/timetuner.yaml).",
         "* **vs best** is 1 - learned / best hand-crafted (per row, the best of the four grids on the held-out "
         "pairs); the target is > 0 everywhere and, for LD3, >= 30% at NFE 4. Misses are marked (short).",
         "* The digits teacher is main.py's (UniPC, 20 steps, logSNR, classifier-free guidance 2.0); the analytic "
