@@ -18,7 +18,7 @@ pairs, never used for training, validation or selection), with time_uniform, tim
 Every cell is cached as JSON (``<runs-dir>/cells/<model>-<solver>-N<nfe>-<learner>.json``), so a rerun
 resumes; progress lines go to stdout (run it with ``nohup ... > log &`` for the full table).
 
-    python scripts/ld3_results.py                          # the full table (about 1 h on 1 CPU thread)
+    python scripts/ld3_results.py                          # the full table (~75 min on 1 CPU thread)
     python scripts/ld3_results.py --models analytic_gmm --solvers ipndm --nfes 4 --out /tmp/r.md
 """
 
