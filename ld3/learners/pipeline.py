@@ -79,7 +79,7 @@ def _setup_file_log(run_dir: Path) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%m/%d %H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    if not any(isinstance(h, logging.StreamHandler) and getattr(h, "_ld3", False) for h in log.handlers):
+    if not any(getattr(h, "_ld3", False) for h in log.handlers):  # one console handler per process
         sh = TqdmLoggingHandler(sys.stdout)  # lines above the progress bar, not through it
         sh.setFormatter(logging.Formatter("[ld3] %(message)s"))
         sh.setLevel(logging.INFO)

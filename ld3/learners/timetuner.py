@@ -13,6 +13,11 @@ network the time r_i * t_i, with one scalar ratio r_i per step:
 
 (eta = 0: deterministic DDIM; for VP schedules std equals DDIM's eta sqrt((1-a_s)/(1-a_t)) sqrt(1-a_t/a_s)).
 
+The update is the DDIM solver's (:class:`ld3.solvers.ddim.DDIM`, which also checks eta):
+:meth:`TimeTuner.ddim_sample` is ``DDIM.sample`` with ``model_timesteps = ratios * t`` (the solver's
+decoupled network time), and a single step (:meth:`TimeTuner.ddim_step_fn`) uses
+``DDIM.step_coefficients`` on [t, s].
+
 Training (reference ``optimize_timesteps``): the ratios are tuned one step at a time, from the
 noisiest step on; each starts at 1 and is trained with Adam (lr 2e-3, betas (0.9, 0.999)) for
 ``total_iters`` batches, minimising
@@ -55,6 +60,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ld3.schedules import NoiseSchedule
+from ld3.solvers.common import grid_quantities
+from ld3.solvers.ddim import DDIM, check_eta
 
 TUNE_TYPES = ("sequential", "parallel")
 #: the reference's defaults (``time_tuner.py``: Adam lr 2e-3, betas (0.9, 0.999), 500 iterations)
@@ -185,16 +192,6 @@ def _check_num_steps(num_steps: Any) -> int:
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
     return num_steps
-
-
-def _check_eta(eta: Any) -> float:
-    try:
-        eta_f = float(eta)
-    except (TypeError, ValueError):
-        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}") from None
-    if not (0.0 <= eta_f <= 1.0):
-        raise ValueError(f"eta={eta!r} is out of range; allowed: 0 <= eta <= 1")
-    return eta_f
 
 
 def _scalar_time(t: Any, device: torch.device, name: str) -> torch.Tensor:
@@ -355,38 +352,36 @@ class TimeTuner:
             )
         return self.model_fn(x, t.expand(x.shape[0]), **kwargs)
 
+    def _ddim(self, eta: Any, generator: torch.Generator | None = None) -> DDIM:
+        """The DDIM solver that makes every TimeTuner step (it checks ``eta``)."""
+        return DDIM(self.noise_schedule, eta=eta, generator=generator)
+
     def _ddim_step(
         self,
         x: torch.Tensor,
         t: torch.Tensor,
         s: torch.Tensor,
         t_ratio: Any,
-        eta: float,
+        ddim: DDIM,
         noise: torch.Tensor | None,
         condition: Any,
         uncond_condition: Any,
         generator: torch.Generator | None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        ns = self.noise_schedule
+        """One step with the DDIM solver's coefficients (:meth:`DDIM.step_coefficients` on [t, s])."""
         eps = self.noise_prediction_fn(x, t * t_ratio, condition, uncond_condition)
         ts = torch.stack([t, s])
-        log_alpha = ns.marginal_log_mean_coeff(ts, check=False)
-        sigma = ns.marginal_std(ts, check=False)
-        alpha = torch.exp(log_alpha)
-        h = (log_alpha[1] - torch.log(sigma[1])) - (log_alpha[0] - torch.log(sigma[0]))  # lambda_s - lambda_t > 0
-        x0_pred = (x - sigma[0] * eps) / alpha[0]
-        c_x = alpha[1] / alpha[0]
-        if eta == 0.0:
-            return c_x * x - sigma[1] * torch.expm1(h) * eps, x0_pred
-        # x_s = alpha_s x0 + sigma_s sqrt(1 - u) eps + sigma_s sqrt(u) z with u = eta^2 (1 - e^{-2h});
-        # the eps coefficient sigma_s (sqrt(1 - u) - e^h) is written without cancellation.
-        u = -(eta**2) * torch.expm1(-2.0 * h)
-        c_eps = -sigma[1] * (torch.expm1(h) + u / (1.0 + torch.sqrt(1.0 - u)))
+        c_x, c_eps, std = ddim.step_coefficients(ts)
+        g = grid_quantities(self.noise_schedule, ts, with_lambda=False)
+        x0_pred = (x - g.sigma[0] * eps) / g.alpha[0]
+        x_s = c_x[0] * x + c_eps[0] * eps
+        if std is None:
+            return x_s, x0_pred
         if noise is None:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         elif noise.shape != x.shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)}, x has {tuple(x.shape)}")
-        return c_x * x + c_eps * eps + sigma[1] * torch.sqrt(u) * noise, x0_pred
+        return x_s + std[0] * noise, x0_pred
 
     def ddim_step_fn(
         self,
@@ -406,7 +401,7 @@ class TimeTuner:
         a draw from ``generator``) is the fresh noise when eta > 0. This is the ``step_fn`` protocol of
         :meth:`optimize_timesteps`: ``step_fn(x, t, s, t_ratio, condition=..., **step_fn_kwargs)``.
         """
-        eta = _check_eta(eta)
+        ddim = self._ddim(eta)
         t = _scalar_time(t, x.device, "t")
         s = _scalar_time(s, x.device, "s")
         self.noise_schedule.check_t(torch.stack([t.detach(), s.detach()]).to(torch.float64), name="(t, s)")
@@ -416,7 +411,7 @@ class TimeTuner:
         if r.numel() != 1 or not math.isfinite(float(r.detach())) or float(r.detach()) <= 0:
             raise ValueError(f"t_ratio must be one finite number > 0, got {r.detach().tolist()}")
         r = r.to(x.device).reshape(())
-        return self._ddim_step(x, t, s, r, eta, noise, condition, uncond_condition, generator)
+        return self._ddim_step(x, t, s, r, ddim, noise, condition, uncond_condition, generator)
 
     # ------------------------------------------------------------------ sampling
     def ddim_sample(
@@ -442,25 +437,39 @@ class TimeTuner:
         """
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise ValueError(f"x must be a batched tensor, got {type(x).__name__}")
-        eta = _check_eta(eta)
+        ddim = self._ddim(eta, generator)
         ts = self.get_timesteps(num_steps, timesteps).to(x.device)
         n = ts.numel() - 1
         if t_ratios is None:
             r = torch.ones(n, dtype=torch.float64, device=x.device)
         else:
             r = check_ratios(t_ratios, n).to(x.device)
-        cond = _match_batch(condition, x.shape[0], x.device, "condition")
-        uncond = _match_batch(uncond_condition, x.shape[0], x.device, "uncond_condition")
-        inter: Dict[str, List[torch.Tensor]] = {"x_t": [x], "x0_pred": [x]}
-        t_list, r_list = ts.unbind(0), r.unbind(0)
-        for i in tqdm(range(n), desc="TimeTuner DDIM", disable=not verbose, leave=False):
-            x, x0 = self._ddim_step(x, t_list[i], t_list[i + 1], r_list[i], eta, None, cond, uncond, generator)
+        kwargs = {}
+        if condition is not None:
+            kwargs["condition"] = _match_batch(condition, x.shape[0], x.device, "condition")
+        if uncond_condition is not None:
+            kwargs["unconditional_condition"] = _match_batch(uncond_condition, x.shape[0], x.device,
+                                                             "uncond_condition")
+
+        def eps_fn(x_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
+            return self.model_fn(x_, t_, **kwargs)
+
+        bar = tqdm(total=n, desc="TimeTuner DDIM", disable=not verbose, leave=False)
+        x0_preds: List[torch.Tensor] = [x]
+
+        def callback(info: Dict[str, Any]) -> None:
+            bar.update(1)
             if return_intermediates:
-                inter["x_t"].append(x)
-                inter["x0_pred"].append(x0)
+                x0_preds.append(info["denoised"])
+
+        want_cb = return_intermediates or verbose
+        out = ddim.sample(eps_fn, x, ts, model_timesteps=tuned_model_timesteps(ts, r),
+                          callback=callback if want_cb else None, return_trajectory=return_intermediates)
+        bar.close()
         if return_intermediates:
-            return x, inter
-        return x
+            x_out, traj = out
+            return x_out, {"x_t": list(traj), "x0_pred": x0_preds}
+        return out
 
     # ------------------------------------------------------------------ training
     def step_loss(
@@ -539,7 +548,7 @@ class TimeTuner:
         if not callable(step_fn):
             raise ValueError(f"step_fn must be callable, got {type(step_fn).__name__}")
         if "eta" in step_fn_kwargs:
-            _check_eta(step_fn_kwargs["eta"])
+            check_eta(step_fn_kwargs["eta"])
         if not hasattr(data_loader, "__iter__"):
             raise ValueError(f"data_loader must be iterable, got {type(data_loader).__name__}")
         if use_labels is None:

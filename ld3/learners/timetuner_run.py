@@ -37,6 +37,8 @@ log = logging.getLogger("ld3.learner")
 
 #: ``discretization`` value: the hand-crafted grid with the lowest validation loss as the base grid (ours)
 BEST_HANDCRAFTED = "best_handcrafted"
+#: ``objective``: the paper's per-step DDIM objective, or tuning through the run's solver to the teacher (ours)
+OBJECTIVES = ("ddim_step", "solver_output")
 #: keys of configs/learner/ld3.yaml that a per-model preset may set and TimeTuner does not use (ignored)
 _LD3_ONLY = frozenset(f.name for f in fields(LD3Config)) - {"num_train", "num_valid", "num_test", "eval_batch_size"}
 
@@ -46,6 +48,8 @@ class TimeTunerRunConfig:
     """The ``learner`` group of a TimeTuner run (configs/learner/timetuner.yaml documents every key)."""
 
     tune_type: str = "sequential"
+    objective: str = "ddim_step"
+    valid_every: int = 10
     lr: float = DEFAULT_LR
     total_iters: int = DEFAULT_TOTAL_ITERS
     eta: float = 0.0
@@ -65,7 +69,9 @@ class TimeTunerRunConfig:
     def __post_init__(self) -> None:
         if self.tune_type not in TUNE_TYPES:
             raise ValueError(f"learner.tune_type={self.tune_type!r} is not supported; allowed: {list(TUNE_TYPES)}")
-        for k in ("total_iters", "batch_size", "num_train", "eval_batch_size"):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"learner.objective={self.objective!r} is not supported; allowed: {list(OBJECTIVES)}")
+        for k in ("total_iters", "batch_size", "num_train", "eval_batch_size", "valid_every"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"learner.{k}={v!r} must be an integer >= 1")
@@ -94,7 +100,8 @@ class TimeTunerRunConfig:
 
 
 def run_name(solver: str, steps: int, tcfg: TimeTunerRunConfig, loss: str, seed: int) -> str:
-    return (f"timetuner-{solver}-N{steps}-{tcfg.tune_type}-lr{tcfg.lr}-it{tcfg.total_iters}-bs{tcfg.batch_size}"
+    kind = tcfg.tune_type if tcfg.objective == "ddim_step" else tcfg.objective
+    return (f"timetuner-{solver}-N{steps}-{kind}-lr{tcfg.lr}-it{tcfg.total_iters}-bs{tcfg.batch_size}"
             f"-{loss}-seed{seed}")
 
 
@@ -172,7 +179,6 @@ def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor | None, run_dir: 
     from ld3.learners import pipeline as pl
 
     loaded, solver, device = su.loaded, su.solver, su.device
-    gtype, gscale = su.mcfg.get("guidance_type"), su.mcfg.get("guidance_scale")
     train, valid, _, eval_split, held_out = pl.split_for_eval(data, tcfg.num_train, tcfg.num_valid, tcfg.num_test)
     make_fn = pl.model_fn_factory(loaded, su.mcfg)
     ev = dict(decode=loaded.decode, batch_size=tcfg.eval_batch_size, device=device)
@@ -185,6 +191,27 @@ def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor | None, run_dir: 
         grid = grids[base]
         log.info("TimeTuner base grid on validation: " + ", ".join(f"{k} {v:.6g}" for k, v in scores.items())
                  + f" -> {base}")
+    if tcfg.objective == "solver_output":
+        t1, t2, history, extra = _tune_solver_output(su, tcfg, grid, run_dir, train, valid, make_fn, logger)
+    else:
+        t1, t2, history, extra = _tune_ddim_step(su, tcfg, grid, run_dir, train, valid, make_fn, logger, data_root)
+    extra["base_grid"] = base
+    report, grids = pl.held_out_report(su, make_fn, held_out, eval_split, t1, t2, tcfg.eval_batch_size)
+    return pl.finish_run(
+        su, run_dir, logger, "timetuner", t1, t2, report, grids, history, extra=extra,
+        disc_config={"learner": {"name": "timetuner", **tcfg.to_dict()}, "t_ratios": extra["t_ratios"],
+                     "loss": su.loss_label, "seed": su.seed},
+        disc_metrics={k: extra[k] for k in ("valid_loss_base", "valid_loss_tuned") if k in extra},
+        samples=(make_fn, held_out),
+    )
+
+
+def _tune_ddim_step(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor, run_dir: Path, train: LD3Data,
+                    valid: LD3Data, make_fn: Any, logger: Any, data_root: str):
+    """The paper's objective: per-step DDIM tuning (:meth:`TimeTuner.optimize_timesteps`)."""
+    loaded, solver, device = su.loaded, su.solver, su.device
+    gtype, gscale = su.mcfg.get("guidance_type"), su.mcfg.get("guidance_scale")
+    ev = dict(decode=loaded.decode, batch_size=tcfg.eval_batch_size, device=device)
     model_fn = loaded.model_fn(guidance_type=gtype, guidance_scale=gscale)
     labels = train.conditions if isinstance(train.conditions, torch.Tensor) else None
     if train.conditions is not None and labels is None:
@@ -217,7 +244,7 @@ def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor | None, run_dir: 
             history.append({"kind": "train", "iter": it, "step": step_i, "train_loss": loss_v, "ratio": r})
             logger.log({"train_loss": loss_v, "ratio": r, "tuned_step": step_i}, step=it)
     extra: Dict[str, Any] = {"t_ratios": ratios.tolist(), "steps_trained": it, "train_time_s": train_time,
-                             "tune_type": tcfg.tune_type, "base_grid": base}
+                             "tune_type": tcfg.tune_type, "objective": tcfg.objective}
     if len(valid):  # validation distance to the teacher of the base grid and of the tuned one (recorded only)
         extra["valid_loss_base"] = evaluate_grid(solver, make_fn, su.loss_fn, valid, t1, **ev)["loss"]
         extra["valid_loss_tuned"] = evaluate_grid(solver, make_fn, su.loss_fn, valid, t1, t2, **ev)["loss"]
@@ -230,11 +257,36 @@ def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor | None, run_dir: 
         extra["returned"] = "start"
         extra["tuned_t_ratios"] = extra["t_ratios"]
         extra["t_ratios"] = [1.0] * len(extra["t_ratios"])
-    report, grids = pl.held_out_report(su, make_fn, held_out, eval_split, t1, t2, tcfg.eval_batch_size)
-    return pl.finish_run(
-        su, run_dir, logger, "timetuner", t1, t2, report, grids, history, extra=extra,
-        disc_config={"learner": {"name": "timetuner", **tcfg.to_dict()}, "t_ratios": extra["t_ratios"],
-                     "loss": su.loss_label, "seed": su.seed},
-        disc_metrics={k: extra[k] for k in ("valid_loss_base", "valid_loss_tuned") if k in extra},
-        samples=(make_fn, held_out),
+    return t1, t2, history, extra
+
+
+def _tune_solver_output(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor, run_dir: Path, train: LD3Data,
+                        valid: LD3Data, make_fn: Any, logger: Any):
+    """Ours: all ratios jointly through the run's solver to the teacher's samples (ld3/learners/timetuner_output.py)."""
+    from ld3.learners.timetuner_output import tune_ratios_solver_output
+
+    bs = min(tcfg.batch_size, len(train))
+    log.info(f"TimeTuner run {run_dir.name}: model {su.mcfg['name']}, solver {su.solver.name}, NFE {su.steps} "
+             f"({grid.numel() - 1} tuned ratios), objective solver_output, lr {tcfg.lr}, {tcfg.total_iters} "
+             f"batches of {bs}, validation every {tcfg.valid_every}, loss {su.loss_label}, device {su.device}")
+
+    def on_iter(row: Dict[str, Any]) -> None:
+        logger.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["iter"])
+
+    t0 = time.time()
+    ratios, info = tune_ratios_solver_output(
+        su.solver, make_fn, su.loss_fn, train, valid, grid, lr=tcfg.lr, total_iters=tcfg.total_iters, batch_size=bs,
+        valid_every=tcfg.valid_every, seed=tcfg.seed, decode=su.loaded.decode, eval_batch_size=tcfg.eval_batch_size,
+        device=su.device, on_iter=on_iter,
     )
+    t1 = grid.clone()
+    t2 = tuned_model_timesteps(t1, ratios)
+    kept = info["best_iter"] == 0
+    if kept:
+        log.info(f"no tuned ratios beat the base grid on validation ({info['valid_loss_base']:.6g}): returning it")
+    extra: Dict[str, Any] = {
+        "t_ratios": ratios.tolist(), "steps_trained": tcfg.total_iters, "train_time_s": time.time() - t0,
+        "objective": tcfg.objective, "best_iter": info["best_iter"], "returned": "start" if kept else "learned",
+        "valid_loss_base": info["valid_loss_base"], "valid_loss_tuned": info["valid_loss_tuned"],
+    }
+    return t1, t2, info["history"], extra

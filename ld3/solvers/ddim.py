@@ -27,6 +27,17 @@ from ld3.solvers.base import ModelFn, Solver, StepHook, register_solver
 from ld3.solvers.common import grid_quantities, per_sample, split, threshold_noise
 
 
+def check_eta(eta: Any) -> float:
+    """``eta`` as a float in [0, 1] (the one check of DDIM's stochasticity, also used by TimeTuner)."""
+    try:
+        eta_f = float(eta)
+    except (TypeError, ValueError):
+        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}") from None
+    if not (0.0 <= eta_f <= 1.0):
+        raise ValueError(f"eta={eta!r} is out of range; allowed: 0 <= eta <= 1")
+    return eta_f
+
+
 @register_solver("ddim")
 class DDIM(Solver):
     """DDIM / DPM-Solver-1.
@@ -51,12 +62,7 @@ class DDIM(Solver):
         **options: Any,
     ) -> None:
         super().__init__(noise_schedule, **options)
-        try:
-            eta_f = float(eta)
-        except (TypeError, ValueError):
-            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}") from None
-        if not (0.0 <= eta_f <= 1.0):
-            raise ValueError(f"eta={eta!r} is out of range; allowed: 0 <= eta <= 1")
+        eta_f = check_eta(eta)
         if seed is not None and generator is not None:
             raise ValueError("give at most one of seed and generator")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
