@@ -74,7 +74,8 @@ def _get(cfg, path):
     return node
 
 
-@pytest.mark.parametrize("model,key,value,source", REFERENCE_VALUES, ids=[f"{m}-{k}" for m, k, _, _ in REFERENCE_VALUES])
+@pytest.mark.parametrize("model,key,value,source", REFERENCE_VALUES,
+                         ids=[f"{m}-{k}" for m, k, _, _ in REFERENCE_VALUES])
 def test_preset_values_are_the_reference_ones(model, key, value, source):
     cfg = _compose([f"model={model}"])  # solver uni_pc (the reference's solver_name)
     got = _get(cfg, key)
