@@ -79,7 +79,8 @@ def hyper(nfe: int, shape) -> Dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ ours
-def run_ours(p: Dict[str, Any], nfe: int, batch: int, n_train: int, n_valid: int, rounds: tuple) -> Dict[str, Any]:
+def run_ours(p: Dict[str, Any], nfe: int, batch: int, n_train: int, n_valid: int, rounds: tuple,
+             seed: int = 0) -> Dict[str, Any]:
     from ld3.learners import LD3Config, LD3Data, LD3Trainer, get_loss
     from ld3.learners.pipeline import model_fn_factory
     from ld3.solvers import get_solver
@@ -103,6 +104,7 @@ def run_ours(p: Dict[str, Any], nfe: int, batch: int, n_train: int, n_valid: int
     with tempfile.TemporaryDirectory() as tmp:
         tr = LD3Trainer(cfg, get_solver("uni_pc", loaded.noise_schedule, order=2, variant="bh1"), nfe,
                         model_fn_factory(loaded, GUIDANCE), get_loss("l2"), data[0], data[1], run_dir=Path(tmp),
+                        seed=seed,
                         on_step=lambda t: stamps.append((time.perf_counter(), t.state["round"])),
                         metrics_fn=on_metrics)
         assert abs(tr.opt2.param_groups[0]["lr"] - hp["lr_time_2"]) < 1e-12, "lr_time_2 / NFE as the reference"
@@ -150,7 +152,7 @@ def cuda_is_identity():
 
 
 def run_reference(mod: types.ModuleType, p: Dict[str, Any], nfe: int, batch: int, n_train: int, n_valid: int,
-                  rounds: tuple, plots: bool) -> Dict[str, Any]:
+                  rounds: tuple, plots: bool, seed: int = 0) -> Dict[str, Any]:
     from noise_schedulers import NoiseScheduleVP  # the reference's, importable once its trainer is
     from samplers.uni_pc import UniPC
 
@@ -201,6 +203,7 @@ def run_reference(mod: types.ModuleType, p: Dict[str, Any], nfe: int, batch: int
                                    solver=UniPC(ns, variant="bh1"), solver_name="uni_pc", order=2, steps=nfe,
                                    prior_bound=hp["prior_bound"], resolution=h, channels=c, time_mode="time",
                                    solver_extra_params={}, snapshot_path=tmp, device=torch.device("cpu"))
+            torch.manual_seed(seed)  # its DataLoader shuffles with torch's global generator
             tr = Timed(mcfg, tcfg)
             t0 = time.perf_counter()
             tr.train(rounds[0], rounds[1])
@@ -229,6 +232,7 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--no-convergence", action="store_true", help="only the seconds per iteration")
     ap.add_argument("--reference-plots", action="store_true", help="keep the reference's per-improvement plot")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="shuffle seed of both trainers (the problem stays the same)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "learner_speed.md")
     args = ap.parse_args(argv)
 
@@ -250,14 +254,15 @@ def main(argv: List[str] | None = None) -> int:
     for nfe in args.nfe:
         for b in args.batch:
             n_speed = b * args.speed_iters  # one round of speed_iters steps
-            o = run_ours(p, nfe, b, n_speed, args.num_valid, (1, 0))
-            r = run_reference(mod, p, nfe, b, n_speed, args.num_valid, (1, 0), args.reference_plots) if mod else None
+            o = run_ours(p, nfe, b, n_speed, args.num_valid, (1, 0), args.seed)
+            r = (run_reference(mod, p, nfe, b, n_speed, args.num_valid, (1, 0), args.reference_plots, args.seed)
+                 if mod else None)
             oc = rc = None
             if not args.no_convergence:
-                oc = run_ours(p, nfe, b, args.num_train, args.num_valid, tuple(args.rounds))
+                oc = run_ours(p, nfe, b, args.num_train, args.num_valid, tuple(args.rounds), args.seed)
                 if mod:
                     rc = run_reference(mod, p, nfe, b, args.num_train, args.num_valid, tuple(args.rounds),
-                                       args.reference_plots)
+                                       args.reference_plots, args.seed)
             rows.append((nfe, b, o, r, oc, rc))
             print(_row(rows[-1]), flush=True)
 
@@ -291,7 +296,7 @@ def _table(rows, args, note: str) -> str:
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Speed: median s per training step over a "
             f"one-round run of {args.speed_iters} steps. Convergence: {args.num_train} train / {args.num_valid} valid "
             f"pairs, rounds {args.rounds[0]} + {args.rounds[1]}, until the reference's stopping rules "
-            f"(wall, iterations, best validation L2). Reference plots: "
+            f"(wall, iterations, best validation L2). Shuffle seed {args.seed}. Reference plots: "
             f"{'on' if args.reference_plots else 'off'}.\n\n")
     if note:
         head += note + "\n\n"
