@@ -19,8 +19,9 @@ Conventions: each schedule class owns every fact that depends on its family, so 
 ``prior_scale`` (x_T = prior_scale * z), ``model_time_input`` / ``inverse_model_time_input`` (the time the
 network was trained with), ``default_time_mode`` (LD3's ``time_mode: auto``), ``t_min`` / ``t_max`` (the
 grid endpoints eps and T), ``time_unit`` and ``time_from_unit`` (grids stored in t or in the EDM sigma),
-``discrete_steps`` (N of a discrete-time model) and :meth:`NoiseSchedule.check_grid`, the one validator of
-a time grid used by solvers, discretizations and learners. No module outside this one compares ``kind``.
+``discrete_steps`` (N of a discrete-time model), ``pixel_space_default`` (DMN's pixel / latent default)
+and :meth:`NoiseSchedule.check_grid`, the one validator of a time grid used by solvers, discretizations and
+learners. No module outside this one compares ``kind``.
 
 Validation: the public methods check that t lies in [eps, T] (with a small tolerance) and raise a
 ``ValueError`` naming the offending value. The check needs one host sync; code that evaluates a
@@ -30,9 +31,9 @@ schedule inside a hot loop passes ``check=False`` after validating its time grid
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 Tensorish = Union[torch.Tensor, float, Sequence[float]]
@@ -52,9 +53,11 @@ def _as_tensor(t: Tensorish) -> torch.Tensor:
 class _InterpTable:
     """Piecewise-linear interpolation of (xp, fp), linear extrapolation beyond the ends; xp increasing.
 
-    The tables and their segment differences are cached per (device, dtype) of the query, so a call is
-    one searchsorted and four ``index_select`` (half the cost of recomputing them: it matters for
-    sampling at batch 1). The result is bitwise f0 + (x - x0) (f1 - f0) / (x1 - x0), differentiable in x.
+    The result is bitwise f0 + (x - x0) (f1 - f0) / (x1 - x0) on the segment [x0, x1] holding x (the
+    first / last segment beyond the ends), differentiable in x. Per (device, dtype) of the query, the
+    tables are cached as the interior knots (``searchsorted`` on them gives the segment index directly)
+    and one (4, segments) stack of f0, x0, f1 - f0, x1 - x0, so a call is one ``searchsorted`` and one
+    ``index_select``: the fixed cost matters for sampling at batch 1.
     """
 
     def __init__(self, xp: torch.Tensor, fp: torch.Tensor) -> None:
@@ -66,15 +69,16 @@ class _InterpTable:
         if key not in self._cache:
             xp = self.xp.to(device=device, dtype=dtype)
             fp = self.fp.to(device=device, dtype=dtype)
-            self._cache[key] = (xp, fp, xp[1:] - xp[:-1], fp[1:] - fp[:-1])
+            segments = torch.stack([fp[:-1], xp[:-1], fp[1:] - fp[:-1], xp[1:] - xp[:-1]])
+            self._cache[key] = (xp[1:-1].contiguous(), segments)
         return self._cache[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        xp, fp, dxp, dfp = self._tables(x.device, x.dtype)
-        idx = (torch.searchsorted(xp, x.detach().contiguous()) - 1).clamp_(0, xp.numel() - 2)
-        return fp.index_select(0, idx) + (x - xp.index_select(0, idx)) * dfp.index_select(0, idx) / dxp.index_select(
-            0, idx
-        )
+        inner, segments = self._tables(x.device, x.dtype)
+        # number of interior knots below x = the segment index, already clamped to [0, segments - 1]
+        idx = torch.searchsorted(inner, x.detach().contiguous())
+        f0, x0, df, dx = segments.index_select(1, idx).unbind(0)
+        return f0 + (x - x0) * df / dx
 
 
 class NoiseSchedule:
@@ -133,14 +137,14 @@ class NoiseSchedule:
             raise ValueError(f"{name} has {n} points, {length} needed")
         if n < 2:
             raise ValueError(f"{name} needs at least 2 points, got {n}")
-        # one device->host copy, then cheap checks on a small numpy array (no further syncs; numpy's
-        # per-call cost is a third of torch's on such tiny arrays, which matters for sampling at batch 1)
-        td = timesteps.detach().to("cpu", torch.float64).numpy()
-        if not np.isfinite(td).all():
-            raise ValueError(f"{name} contains NaN or inf: {td.tolist()}")
-        if not (td[1:] < td[:-1]).all():
-            raise ValueError(f"{name} must be strictly descending (t_max -> t_min), got {td.tolist()}")
-        self._check_range(float(td[-1]), float(td[0]), name)
+        # one device->host copy, then checks on a list of Python floats (no further syncs; on grids of
+        # solver size this costs half of numpy's per-call overhead, which matters for sampling at batch 1)
+        td = timesteps.detach().to("cpu", torch.float64).tolist()
+        if not all(map(math.isfinite, td)):
+            raise ValueError(f"{name} contains NaN or inf: {td}")
+        if not all(map(operator.gt, td, td[1:])):
+            raise ValueError(f"{name} must be strictly descending (t_max -> t_min), got {td}")
+        self._check_range(td[-1], td[0], name)
         return timesteps
 
     # ----------------------------------------------------------------- conventions
@@ -149,6 +153,9 @@ class NoiseSchedule:
     time_unit: str = "t"
     #: LD3's parameterization of the grid when the config says ``time_mode: auto`` (``"lambda"`` or ``"time"``)
     default_time_mode: str = "time"
+    #: whether a model of this family counts as pixel-space when nothing says otherwise (the LD3 repository's
+    #: rule for its DMN baseline, ``discretizations/dmn.py``: EDM models are pixel-space, VP models latent)
+    pixel_space_default: bool = False
 
     @property
     def prior_scale(self) -> float:
@@ -328,6 +335,8 @@ class NoiseScheduleVP(NoiseSchedule):
     def marginal_log_mean_coeff(self, t: Tensorish, check: bool = True) -> torch.Tensor:
         t = self.check_t(t) if check else _as_tensor(t)
         if self.schedule == "discrete":
+            if t.dim() == 1:  # a time grid: no reshapes (two dispatches less per sampling call)
+                return self._log_alpha_of_t(t)
             return self._log_alpha_of_t(t.reshape(-1)).reshape(t.shape)
         if self.schedule == "linear":
             return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
@@ -414,6 +423,7 @@ class NoiseScheduleEDM(NoiseSchedule):
     kind = "edm"
     time_unit = "sigma"  # t is sigma
     default_time_mode = "lambda"  # the LD3 reference's choice for its EDM models (CIFAR-10, FFHQ, AFHQv2)
+    pixel_space_default = True
 
     @property
     def prior_scale(self) -> float:

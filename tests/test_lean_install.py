@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ["diffusers", "transformers", "accelerate", "lpips", "torchvision", "torchmetrics", "torch_fidelity", "wandb",
          "hydra_plugins.hydra_joblib_launcher", "hydra_plugins.hydra_submitit_launcher", "submitit"]  # joblib: sklearn
 
-BLOCKER = textwrap.dedent(
+#: the head of every subprocess script here: imports of the HEAVY packages fail as if they were not installed
+FINDER = textwrap.dedent(
     """
-    import runpy, sys
+    import sys
     from importlib.abc import MetaPathFinder
     BLOCKED = {blocked!r}
     class Block(MetaPathFinder):
@@ -30,6 +31,11 @@ BLOCKER = textwrap.dedent(
                 raise ModuleNotFoundError(f"No module named {{name!r}}")
             return None
     sys.meta_path.insert(0, Block())
+    """
+)
+BLOCKER = FINDER + textwrap.dedent(
+    """
+    import runpy
     sys.argv = {argv!r}
     runpy.run_path(sys.argv[0], run_name="__main__")
     """
@@ -90,17 +96,9 @@ MISSING_EXTRA_CASES = [
     ("main.py", ["logger=wandb", "logger.wandb.mode=offline"], "wandb"),
 ]
 
-MANY = textwrap.dedent(
+MANY = FINDER + textwrap.dedent(
     """
-    import contextlib, io, json, runpy, sys
-    from importlib.abc import MetaPathFinder
-    BLOCKED = {blocked!r}
-    class Block(MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if any(name == b or name.startswith(b + ".") for b in BLOCKED):
-                raise ModuleNotFoundError(f"No module named {{name!r}}")
-            return None
-    sys.meta_path.insert(0, Block())
+    import contextlib, io, json, runpy
     results = []
     for argv in {cases!r}:
         sys.argv = argv
@@ -133,3 +131,26 @@ def test_missing_extra_is_one_line(tmp_path):
         assert code == 2 and len(lines) == 1, (script, args, err)
         assert lines[0].startswith(f"{script}: error: ") and f"pip install -e '.[{extra}]'" in lines[0], lines[0]
     assert [p.name for p in tmp_path.iterdir()] == ["inception.pth"]
+
+
+API_SD = FINDER + textwrap.dedent(
+    """
+    import ld3.models.zoo
+    try:
+        ld3.models.zoo.load_model("stable_diffusion", checkpoint="stable-diffusion-v1-5")
+    except Exception as e:
+        print(type(e).__name__ + ": " + str(e))
+    """
+)
+
+
+def test_sd_model_from_python_without_the_zoo_extra_is_one_line(tmp_path):
+    """``import ld3.models.zoo`` works without the extra; loading an SD model raises one line naming ``.[zoo]``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "LD3_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", API_SD.format(blocked=HEAVY)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, out.stdout
+    assert lines[0].startswith("MissingExtraError: Stable Diffusion"), lines[0]
+    assert "pip install -e '.[zoo]'" in lines[0], lines[0]

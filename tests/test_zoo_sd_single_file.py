@@ -30,7 +30,7 @@ from ld3.models.zoo._checkpoint import CorruptModelError
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from test_zoo_diffusers import MAX_LEN, SD_SCHEDULER, _write_clip_tokenizer  # noqa: E402
+from _sd_fixtures import MAX_LEN, SD_SCHEDULER, write_clip_tokenizer  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 TEXT = dict(vocab_size=64, hidden_size=32, intermediate_size=37, num_attention_heads=2, num_hidden_layers=1,
@@ -62,7 +62,7 @@ def sd_files(tmp_path_factory):
         scaling_factor=0.18215,
     ).save_config(cfg / "vae")
     CLIPTextConfig(**TEXT).save_pretrained(cfg / "text_encoder")
-    _write_clip_tokenizer(cfg / "tokenizer")
+    write_clip_tokenizer(cfg / "tokenizer")
     (cfg / "scheduler").mkdir()
     (cfg / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD_SCHEDULER))
 

@@ -262,13 +262,6 @@ def ld3_repo_terms(num_steps: int, pixel: bool) -> dict:
     return {"independent_steps": INDEPENDENT_STEPS if num_steps <= 7 else 0, "sigma_power": 1 if pixel else 2}
 
 
-def _is_pixel_default(ns) -> bool:
-    """The LD3 repository's rule: models with an EDM (VE-type) schedule are pixel-space, VP models latent."""
-    from ld3.schedules import NoiseScheduleEDM
-
-    return isinstance(ns, NoiseScheduleEDM)
-
-
 @register_kind("dmn")
 def dmn(
     req: Request,
@@ -300,7 +293,7 @@ def dmn(
         order = default_order(req.solver) if order is None else order
         init = "logSNR" if init is None else init
     else:
-        pixel = _is_pixel_default(ns) if pixel is None else pixel
+        pixel = ns.pixel_space_default if pixel is None else pixel
         terms = ld3_repo_terms(req.num_points - 1, pixel)
         order = 3 if order is None else order
         init = ("logSNR" if pixel else "time_uniform") if init is None else init

@@ -450,10 +450,3 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)
-
-    def describe_grid(self) -> Dict[str, Sequence[float]]:
-        """The current integration grid t, its network times and the UNet inputs (after set_timesteps)."""
-        if self._grid is None:
-            raise ValueError("call set_timesteps first")
-        ts, mts = self._grid
-        return {"timesteps": ts.tolist(), "model_timesteps": mts.tolist(), "unet_timesteps": self.timesteps.tolist()}

@@ -104,7 +104,7 @@ class Solver:
         return_trajectory: bool = False,
     ):
         """Integrate from ``timesteps[0]`` to ``timesteps[-1]``; returns x_0 (and the trajectory)."""
-        timesteps = validate_timesteps(timesteps, self.noise_schedule)
+        timesteps = self.noise_schedule.check_grid(timesteps)
         self.check_grid_length(timesteps.numel())
         if model_timesteps is None:
             model_timesteps = timesteps
@@ -118,8 +118,11 @@ class Solver:
                 )
             if not torch.isfinite(model_timesteps.detach()).all():
                 raise ValueError(f"model_timesteps contains NaN or inf: {model_timesteps.detach().tolist()}")
-        timesteps = timesteps.to(x_T.device)
-        model_timesteps = model_timesteps.to(x_T.device)
+        device = x_T.device
+        if timesteps.device != device:  # a no-op .to still costs a dispatch: skipped at batch-1 sampling rates
+            timesteps = timesteps.to(device)
+        if model_timesteps.device != device:
+            model_timesteps = model_timesteps.to(device)
         if callback is None and not return_trajectory:  # the fast path: no bookkeeping at all
             return self._sample(model_fn, x_T, timesteps, model_timesteps, None)
         rec = _Recorder(self.noise_schedule, model_fn, x_T, timesteps, model_timesteps, callback)

@@ -43,7 +43,10 @@ def grid_quantities(noise_schedule: NoiseSchedule, timesteps: torch.Tensor, with
 
 def per_sample(values: torch.Tensor, batch: int) -> List[torch.Tensor]:
     """Split a 1-D tensor into per-sample time vectors ``values[i].expand(batch)`` (views; grads flow)."""
-    return list(values.unsqueeze(1).expand(-1, batch).unbind(0))
+    column = values.unsqueeze(1)
+    if batch != 1:  # (n, 1) already has the shape at batch 1: one dispatch less
+        column = column.expand(-1, batch)
+    return list(column.unbind(0))
 
 
 def split(values: torch.Tensor, like: torch.Tensor) -> tuple:

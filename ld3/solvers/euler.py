@@ -128,14 +128,14 @@ class Heun(_EDMSolver):
         r, d, half = flat[:n], flat[n : 2 * n], flat[2 * n :]
         t_in = per_sample(model_timesteps, x.shape[0])
         thr = self.thresholding.thresholding  # hoisted: the loop runs once per network call
-        n = len(r)
+        corrected = n if self.final_step == "heun" else n - 1  # steps 0 .. corrected - 1 take Heun's correction
         for i in range(n):
             eps = model_fn(x, t_in[i])
             if thr:
                 eps = self._thresholded(eps, x, g, i)
             rx = r[i] * x
             x_euler = torch.addcmul(rx, d[i], eps)
-            if i < n - 1 or self.final_step == "heun":
+            if i < corrected:
                 eps_next = model_fn(x_euler, t_in[i + 1])
                 if thr:
                     eps_next = self._thresholded(eps_next, x_euler, g, i + 1)

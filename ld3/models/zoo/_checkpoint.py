@@ -42,6 +42,15 @@ def check_sha256(path: Path, sha256: Optional[str], what: str, fetch_hint: str) 
         )
 
 
+def check_weights_file(path: Path, what: str, fetch_hint: str, sha256: Optional[str] = None) -> None:
+    """The checks every zoo loader runs on a weights file before reading it: its sha256 when one is pinned
+    (:func:`check_sha256`), and that it is not empty. Raises :class:`CorruptModelError` naming the file and
+    the ``download_model.sh`` command that fetches it again."""
+    check_sha256(path, sha256, what, fetch_hint)
+    if path.stat().st_size == 0:
+        raise CorruptModelError(f"{what} {str(path)!r} is empty; {_refetch(fetch_hint)}")
+
+
 #: module prefixes of training-run metadata that CompVis / Lightning checkpoints pickle next to the weights
 #: (e.g. ``callbacks: {ModelCheckpoint: {...}}``); with ``metadata_globals=True`` they are read as inert data
 METADATA_GLOBAL_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.",
@@ -86,9 +95,7 @@ def load_torch_state(path: Path, what: str, fetch_hint: str, sha256: Optional[st
     :data:`METADATA_GLOBAL_PREFIXES`) as :class:`InertGlobal` stand-ins: still ``weights_only``
     unpickling, nothing is imported or executed; any other global reference is refused.
     """
-    check_sha256(path, sha256, what, fetch_hint)
-    if path.stat().st_size == 0:
-        raise CorruptModelError(f"{what} {str(path)!r} is empty; {_refetch(fetch_hint)}")
+    check_weights_file(path, what, fetch_hint, sha256)
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ld3.models.zoo import LoadedModel, register_model
+from ld3.models.zoo._checkpoint import check_weights_file
 from ld3.models.zoo._weights import DOWNLOAD_SCRIPT, PathLike, resolve_weights_path
 from ld3.models.zoo.edm_networks import NETWORK_CLASSES, build_network
 from ld3.models.zoo.edm_pickle import (
@@ -39,7 +40,7 @@ from ld3.models.zoo.edm_pickle import (
     safe_load_edm_pickle,
 )
 from ld3.schedules import NoiseScheduleEDM
-from ld3.utils import resolve_device, sha256_file
+from ld3.utils import resolve_device
 
 #: the modules of NVIDIA's EDM repository that its pickles refer to
 EDM_MODULES = ("dnnlib", "torch_utils", "training")
@@ -272,7 +273,8 @@ def load_edm(
         class_labels: default label(s) of a class-conditional network (an int for every sample, or one
             per sample), used when ``model_fn`` gets no condition.
         sigma_min, sigma_max: the time range of the :class:`NoiseScheduleEDM` (EDM: 0.002, 80).
-        sha256: if given, the file's checksum must match (checked before anything is read).
+        sha256: if given, the file's checksum (hex digest, or a prefix of at least 8 digits) must match; checked
+            before anything is read.
     """
     if unknown:
         raise ValueError(
@@ -281,15 +283,7 @@ def load_edm(
     requested = Path(str(path if path is not None else checkpoint or "")).name
     group = "edm-ve" if requested.endswith("-ve.pkl") else "edm"
     file = resolve_weights_path(path, checkpoint, weights_dir, "EDM network pickle", group, want_dir=False)
-    if file.stat().st_size == 0:
-        raise ValueError(f"EDM network pickle {str(file)!r} is empty; {_fetch_hint(file)}")
-    if sha256 is not None:
-        actual = sha256_file(file)
-        if actual.lower() != str(sha256).lower():
-            raise ValueError(
-                f"sha256 of {str(file)!r} is {actual}, expected {sha256}: corrupt, truncated or a different file; "
-                f"{_fetch_hint(file)}"
-            )
+    check_weights_file(file, "EDM network pickle", group, sha256)  # before anything is read from the file
     dev = resolve_device(device)
     if edm_repo is not None:
         net = unpickle_edm_trusted(file, edm_repo)["ema"]
