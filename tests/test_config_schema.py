@@ -7,7 +7,8 @@
 * a solver built from its composed config is rebuilt identically from its ``describe()`` (class, options and
   samples), for every registered solver;
 * ``configs/gen_data.yaml`` and the ``teacher`` section of ``configs/config.yaml`` (kept as plain YAML) agree
-  with ``GenDataConfig``'s defaults except for the listed, intended differences;
+  with ``GenDataConfig``'s defaults except for the listed, intended differences; so do the option defaults of
+  ``configs/discretization/*.yaml`` with the keyword defaults of their kinds;
 * composed configs keep working where configs travel: pickled into a fresh process (multirun launchers).
 """
 
@@ -192,6 +193,27 @@ def test_teacher_section_agrees_with_gen_data_config():
             continue
         expected = TEACHER_INTENDED.get(key, defaults[key])
         assert value == expected, f"config.yaml teacher.{key}={value!r}; GenDataConfig's default is {defaults[key]!r}"
+
+
+def test_discretization_yamls_agree_with_the_kinds_signatures():
+    """configs/discretization/*.yaml (plain YAML) spell out option defaults: each must be the kind's keyword
+    default (``{}`` stands for a None mapping default, ``???`` for a required argument)."""
+    import inspect
+
+    from ld3.discretizations.base import lookup
+
+    for path in sorted((CONFIGS / "discretization").glob("*.yaml")):
+        raw = _raw(path)
+        params = inspect.signature(lookup(raw["kind"])).parameters
+        for key, value in (raw.get("options") or {}).items():
+            assert key in params, f"{path.name}: {key} is not an option of {raw['kind']}"
+            default = params[key].default
+            if default is inspect.Parameter.empty:
+                assert value == "???", (path.name, key)
+            elif value == {}:
+                assert default is None, (path.name, key, default)
+            else:
+                assert value == default, f"{path.name}: {key}={value!r} but the kind's default is {default!r}"
 
 
 # ------------------------------------------------------------------------------------------------- plumbing
