@@ -9,8 +9,9 @@
 
 1. **Before Hydra runs** (single runs, not ``-m``): the command-line overrides are checked against the
    config tree (an unknown key or group option gets a "did you mean" hint: ``stepz=4`` -> ``steps``,
-   ``guidance_scale=-1`` -> ``model.guidance_scale``), the config is composed and every value is
-   validated (:func:`ld3.config_validation.validate_config`). Nothing has been written at that point.
+   ``guidance_scale=-1`` -> ``model.guidance_scale``), the config is composed (a value of the wrong type
+   for a key typed by a structured config, :mod:`ld3.config_schema`, is named with the expected type) and
+   every value is validated (:func:`ld3.config_validation.validate_config`). Nothing has been written then.
 2. **Threads**: ``threads: auto`` (every entry config) sets torch's intra-op threads with
    :func:`auto_threads`; an integer sets them explicitly. Measured in ``docs/benchmarks.md``.
 3. **Errors a user can fix** (bad values, missing files, inconsistent data, a missing optional extra)
