@@ -15,3 +15,13 @@ def __getattr__(name: str):
 
         return TimeTuner
     raise AttributeError(f"module 'ld3' has no attribute {name!r}")
+
+
+def _register_config_schemas() -> None:
+    """Hydra structured configs of the learner and solver groups (``configs/`` builds on them)."""
+    from ld3.config_schema import register
+
+    register()
+
+
+_register_config_schemas()

@@ -9,8 +9,9 @@
 
 1. **Before Hydra runs** (single runs, not ``-m``): the command-line overrides are checked against the
    config tree (an unknown key or group option gets a "did you mean" hint: ``stepz=4`` -> ``steps``,
-   ``guidance_scale=-1`` -> ``model.guidance_scale``), the config is composed and every value is
-   validated (:func:`ld3.config_validation.validate_config`). Nothing has been written at that point.
+   ``guidance_scale=-1`` -> ``model.guidance_scale``), the config is composed (a value of the wrong type
+   for a key typed by a structured config, :mod:`ld3.config_schema`, is named with the expected type) and
+   every value is validated (:func:`ld3.config_validation.validate_config`). Nothing has been written then.
 2. **Threads**: ``threads: auto`` (every entry config) sets torch's intra-op threads with
    :func:`auto_threads`; an integer sets them explicitly. Measured in ``docs/benchmarks.md``.
 3. **Errors a user can fix** (bad values, missing files, inconsistent data, a missing optional extra)
@@ -222,7 +223,34 @@ def check_overrides(config_name: str, overrides: Sequence[str], prog: str) -> Di
             cfg = compose(config_name, overrides=search + list(user))
             return OmegaConf.to_container(cfg, resolve=True)
         except Exception as e:
-            raise ConfigError(" ".join(str(e).split())) from None
+            raise ConfigError(_type_error(e, values) or " ".join(str(e).split())) from None
+
+
+#: how an OmegaConf type-conversion message names the type, -> what our messages say is expected
+_EXPECTED = (("to Integer", "an integer"), ("to Float", "a number"), ("valid bool", "true or false"),
+             ("to String", "a string"), ("ListConfig", "a list"), ("DictConfig", "a mapping"))
+
+
+def _type_error(exc: BaseException, values: Sequence[Any]) -> str | None:
+    """A structured-config type error (``learner.lr_time_1=abc``) as ``key='abc' is not valid: expected ...``.
+
+    The schemas (:mod:`ld3.config_schema`) type the learner and solver keys; Hydra reports a bad value as
+    "Error merging override ..." caused by an OmegaConf ``ValidationError``. None for any other error.
+    """
+    from omegaconf.errors import ValidationError
+
+    cause = exc.__cause__
+    if not isinstance(cause, ValidationError):
+        return None
+    key = getattr(cause, "full_key", None)
+    match = [o for o in values if o.key_or_group == key] or [
+        o for o in values if f"override {o.input_line}" in str(exc)]
+    if not match:
+        return None
+    o = match[-1]
+    what = next((w for k, w in _EXPECTED if k in str(cause)), None)
+    allowed = f"expected {what}" if what else " ".join(str(cause).split("full_key")[0].split())
+    return f"{o.key_or_group}={o.value()!r} is not valid: {allowed}"
 
 
 # ============================================================================================ entry point

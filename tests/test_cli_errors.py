@@ -34,6 +34,9 @@ CONFIG_MISTAKES = [
     ("main.py", ["learner.num_train=0"], ["num_train=0", ">= 1"]),
     ("main.py", ["learner.lr_time_1=abc"], ["learner.lr_time_1='abc'", "number"]),
     ("main.py", ["learner.win_rate=0.9"], ["win_rate=0.9", "[0, 0.5]"]),
+    ("main.py", ["learner.num_train=2.5"], ["learner.num_train=2.5", "expected an integer"]),  # schema types
+    ("main.py", ["learner=timetuner", "learner.lr=fast"], ["learner.lr='fast'", "expected a number"]),
+    ("main.py", ["solver.options.corrector=maybe"], ["solver.options.corrector='maybe'", "true or false"]),
     ("main.py", ["loss=l3"], ["loss='l3'", "did you mean"]),
     ("main.py", ["teacher.steps=0"], ["teacher.steps=0", ">= 1"]),
     ("main.py", ["device=gpu"], ["device='gpu'", "cuda"]),

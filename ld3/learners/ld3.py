@@ -77,43 +77,90 @@ INIT_CHOICES = ("auto", "reference")
 # ============================================================================================ config
 @dataclass
 class LD3Config:
-    """Every knob of the LD3 learner; defaults are the reference's CIFAR-10 values (its ``configs/cifar10.yml``).
+    """Every knob of the LD3 learner; defaults are the reference's CIFAR-10 values (its ``configs/cifar10.yml``)
+    unless marked "ours".
 
-    See ``configs/learner/ld3.yaml`` and ``docs/ld3.md`` for the meaning of each key.
+    The one source of these defaults: ``configs/learner/ld3.yaml`` builds on this dataclass (the structured
+    config ``/schema/learner/ld3``, :mod:`ld3.config_schema`) and holds only what differs. ``docs/ld3.md``
+    explains each key and where we differ from the reference.
     """
 
+    # --- parameterization
+    #: lambda: params1 -> lambda grid (init logSNR-uniform); time: -> t grid (init time-uniform); auto: the
+    #: reference's per-model choice (the schedule's default: lambda for EDM models, time for VP models)
     time_mode: str = "auto"
+    #: network-time window = win_rate * smallest step (t2 = t1 + clamp(params2, +-window)); in [0, 0.5]
     win_rate: float = 0.5
+    #: ours: ``steps`` (smallest step of the current grid, the paper's intent); ``logits``: the reference code
+    #: (raw params1 differences: 0 at init in lambda mode)
     window_from: str = "steps"
+    # --- data
+    #: teacher pairs used for training (the first num_train of the teacher data)
     num_train: int = 50
+    #: next num_valid pairs: validation after every step (0: validate on train)
     num_valid: int = 50
+    #: ours: next num_test pairs, only for the final held-out report (0: the validation pairs, original latents)
     num_test: int = 0
+    #: training batch (also the batch of the validation-latent moves)
     main_train_batch_size: int = 2
+    #: validation batch
     main_valid_batch_size: int = 150
+    # --- rounds and optimizers
+    #: rounds on params1 only
     training_rounds_v1: int = 2
+    #: then rounds on params1 and params2
     training_rounds_v2: int = 5
+    #: train params2 only (all rounds)
     no_v1: bool = False
+    #: RMSprop lr, momentum and weight decay of params1
     lr_time_1: float = 0.005
     momentum_time_1: float = 0.9
     weight_decay_time_1: float = 0.0
+    #: the SGD lr of params2 is lr_time_2 / steps
     lr_time_2: float = 0.1
+    #: floors of lr1 and lr2
     min_lr_time_1: float = 5e-5
     min_lr_time_2: float = 1e-6
+    #: lr *= decay after ``patient`` non-improving validations (after reloading the best state)
     lr_time_decay: float = 0.8
+    #: non-improving validations before reload + decay
     patient: int = 5
+    #: stop once lr2 has hit its floor this many times
     lr2_patient: int = 5
+    #: gradient-norm clip of params1 and of params2 (each separately)
     grad_clip: float = 1.0
+    # --- relaxed objective (latent ball)
+    #: latent SGD lr; None: 12 / steps
     shift_lr: float | None = None
+    #: shift_lr *= decay after a round in which no validation latent moved
     shift_lr_decay: float = 0.5
+    #: L2 radius of the ball around each unit-normal latent; None: 0.001 * H*W*C / steps^2 (0 disables it)
     prior_bound: float | None = None
+    #: true: use prior_bound as given (must be set)
     fix_bound: bool = False
+    #: the reference's eval_on_one: validate on the first batch until the first patience exhaustion, then on
+    #: the whole validation set
     validate_first_batch_only: bool = True
+    # --- initialization from a prior grid (reference --match_prior with GITS times)
+    #: ours. auto: start from the better (validation loss, original latents) of the reference start and the best
+    #: hand-crafted grid; reference: the reference start. Ignored with match_prior (the prior is the start).
+    #: Whatever the start, the run never returns a grid worse on validation than its start.
     init: str = "auto"
+    #: start params1 from the ``prior`` grid
     match_prior: bool = False
-    prior: Dict[str, Any] = field(default_factory=lambda: {"kind": "gits", "options": {}, "timesteps": None})
+    #: the prior grid: ``kind`` (any ld3.discretizations kind, or best_handcrafted: ours, the hand-crafted grid
+    #: with the lowest validation loss) with ``options``, used when ``timesteps`` is None; or ``timesteps``, an
+    #: explicit descending list (e.g. the reference's GITS sigmas) in ``time_unit`` (t, or sigma: EDM noise level)
+    prior: Dict[str, Any] = field(
+        default_factory=lambda: {"kind": "gits", "options": {}, "timesteps": None, "time_unit": "t"})
+    # --- engineering
+    #: torch.utils.checkpoint around each network call (memory flat in NFE)
     low_gpu: bool = False
+    #: ours: optional cap on training steps (None: only the reference's rules)
     max_iters: int | None = None
+    #: write the resumable checkpoint every this many training steps
     checkpoint_every: int = 1
+    #: batch of the final held-out evaluation
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:

@@ -45,25 +45,58 @@ _LD3_ONLY = frozenset(f.name for f in fields(LD3Config)) - {"num_train", "num_va
 
 @dataclass
 class TimeTunerRunConfig:
-    """The ``learner`` group of a TimeTuner run (configs/learner/timetuner.yaml documents every key)."""
+    """The ``learner`` group of a TimeTuner run; defaults are the reference's (``time_tuner.py``) unless marked
+    "ours".
 
+    The one source of these defaults: ``configs/learner/timetuner.yaml`` builds on this dataclass (the
+    structured config ``/schema/learner/timetuner``, :mod:`ld3.config_schema`) and holds only what differs.
+    ``docs/timetuner.md`` explains each key.
+    """
+
+    # --- objective and optimizer (reference values)
+    #: sequential: x_t from running the already tuned steps; parallel: x_t = alpha_t x_0 + sigma_t z
     tune_type: str = "sequential"
+    #: ddim_step: the paper's per-step DDIM objective; solver_output (ours): all ratios tuned together through the
+    #: run's solver against the teacher's final samples (ld3/learners/timetuner_output.py, docs/timetuner.md)
     objective: str = "ddim_step"
+    #: solver_output only: validate every this many iterations (the best ratios on validation are returned)
     valid_every: int = 10
+    #: Adam lr of each ratio (betas 0.9, 0.999; init 1)
     lr: float = DEFAULT_LR
+    #: batches per tuned step (the loader is cycled)
     total_iters: int = DEFAULT_TOTAL_ITERS
+    #: DDIM stochasticity of the tuned sampler (0: deterministic)
     eta: float = 0.0
+    # --- grid (at most one of timesteps, indices, discretization; all None: the reference grid)
+    #: a list of descending times t
     timesteps: List[float] | None = None
+    #: reference-style discrete indices (e.g. [901, ..., 1]) instead of ``timesteps``
     indices: List[float] | None = None
+    #: ours: best_handcrafted (the hand-crafted grid - time_uniform, time_quadratic, logSNR, edm - with the lowest
+    #: validation loss) or any ld3.discretizations kind. None (with timesteps and indices None): the reference
+    #: grid (discrete models k = {901, 801, ..., 1} style, t = (k+1)/N, end 1/N; continuous: time-uniform T..eps),
+    #: which starts below T while the teacher pairs start at T, so against the teacher it is far worse
     discretization: str | None = BEST_HANDCRAFTED
+    #: options of ``discretization``
     discretization_options: Dict[str, Any] | None = None
+    # --- data (ours: the reference leaves the loader to the user; here: the run's teacher pairs)
+    #: images per training batch (at most num_train)
     batch_size: int = 64
+    #: teacher pairs whose outputs are the x_0 samples (the same first pairs as LD3's)
     num_train: int = 50
+    #: next pairs: validation distance of the base and the tuned grid; the base grid is returned when the tuned
+    #: one is worse there (as LD3); 0: no check
     num_valid: int = 50
+    #: next pairs: the held-out report (0: validation pairs, as LD3)
     num_test: int = 0
+    #: None: labels are the condition unless the model is wrapped with guidance_type=uncond
     use_labels: bool | None = None
+    #: loader shuffling and the noise that makes x_t (configs/learner/timetuner.yaml: the run's ``seed``)
     seed: int = 0
+    # --- output
+    #: tqdm bar with the current loss and ratio
     verbose: bool = True
+    #: batch of the validation / held-out evaluations
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
