@@ -201,3 +201,17 @@ def test_torchrun_two_processes_same_is(tmp_path):
     assert two["inception_score"] == pytest.approx(one["inception_score"], rel=1e-12)
     assert two["inception_score_per_split"] == pytest.approx(one["inception_score_per_split"], rel=1e-12)
     assert two["fid"] == pytest.approx(one["fid"], rel=1e-10)
+
+
+def test_config_check_names_bad_metric_options():
+    from test_fid_scale import _compose
+
+    from ld3.config_validation import ConfigError, validate_config
+
+    assert validate_config(_compose(["metrics=[fid,is]"]), "eval_fid")["metrics"] == ["fid", "is"]
+    with pytest.raises(ConfigError, match="unknown metric 'kid'"):
+        validate_config(_compose(["metrics=[fid,kid]"]), "eval_fid")
+    with pytest.raises(ConfigError, match="splits must be an integer >= 1, got 0"):
+        validate_config(_compose(["metrics=[is]", "is_splits=0"]), "eval_fid")
+    with pytest.raises(ConfigError, match="needs at least 10 samples, got 4"):
+        validate_config(_compose(["metrics=[is]", "num_samples=4"]), "eval_fid")
