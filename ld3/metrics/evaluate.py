@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -154,7 +155,7 @@ def condition_plan(model: Any, guidance_type: str, prompts: Optional[Sequence[st
 
 
 #: metrics eval_fid.py computes (``metrics=[...]``); fid is always computed (its features drive the engine)
-METRICS = ("fid", "is", "clip")
+METRICS = ("fid", "is", "clip")  # is / clip: BATCH_METRICS below
 
 
 def parse_metrics(metrics: Any) -> Tuple[str, ...]:
@@ -172,40 +173,55 @@ def parse_metrics(metrics: Any) -> Tuple[str, ...]:
     return tuple(["fid", *[m for m in names if m != "fid"]])
 
 
+@dataclass
+class MetricRequest:
+    """What the builders of the extra metrics may use (see :func:`build_batch_metrics`)."""
+
+    feature_fn: Any
+    num_samples: int
+    batch_size: int
+    is_splits: int = 10
+    clip_model: Optional[str] = None
+    prompts: Optional[Sequence[str]] = None
+    device: str = "cpu"
+
+
+def _build_is(req: MetricRequest) -> Any:
+    from ld3.metrics.inception_score import InceptionScoreMetric
+
+    num_classes = getattr(req.feature_fn, "num_classes", None)
+    if not num_classes:
+        name = getattr(req.feature_fn, "info", {}).get("name", req.feature_fn)
+        raise ValueError(f"metrics=[is] needs class logits, but the feature extractor {name!r} has none "
+                         f"(use fid=inception, or the digits model's fid=model)")
+    return InceptionScoreMetric(req.num_samples, req.batch_size, int(req.is_splits), int(num_classes))
+
+
+def _build_clip(req: MetricRequest) -> Any:
+    from ld3.metrics.clip_score import ClipScoreMetric, ClipScorer
+
+    if req.prompts is None:
+        raise ValueError("metrics=[clip] scores text-to-image samples against their captions: set fid.captions "
+                         "(e.g. fid=coco30k)")
+    if not req.clip_model:
+        raise ValueError("metrics=[clip] needs clip_model=<a local transformers CLIP directory>")
+    scorer = ClipScorer(req.clip_model, device=req.device)
+    caps, bs, n = list(req.prompts), req.batch_size, req.num_samples
+    return ClipScoreMetric(scorer, lambda b: caps[b * bs : min((b + 1) * bs, n)])
+
+
+#: builders of the metrics accumulated next to the FID sums (``metrics=[fid, is, clip]``)
+BATCH_METRICS: Dict[str, Callable[[MetricRequest], Any]] = {"is": _build_is, "clip": _build_clip}
+
+
 def build_batch_metrics(
     names: Sequence[str], feature_fn: Any, num_samples: int, batch_size: int, is_splits: int = 10,
     clip_model: Optional[str] = None, prompts: Optional[Sequence[str]] = None, device: str = "cpu",
 ) -> Dict[str, Any]:
     """The extra metrics (Inception Score, CLIP score) accumulated next to the FID sums, checked before any
     sampling: IS needs a feature extractor with class logits, CLIP a local model and the captions."""
-    out: Dict[str, Any] = {}
-    for name in names:
-        if name == "is":
-            from ld3.metrics.inception_score import InceptionScoreMetric
-
-            num_classes = getattr(feature_fn, "num_classes", None)
-            if not num_classes:
-                info = getattr(feature_fn, "info", {})
-                raise ValueError(f"metrics=[is] needs class logits, but the feature extractor "
-                                 f"{info.get('name', feature_fn)!r} has none (use fid=inception, or the digits "
-                                 f"model's fid=model)")
-            out["is"] = InceptionScoreMetric(num_samples, batch_size, int(is_splits), int(num_classes))
-        elif name == "clip":
-            from ld3.metrics.clip_score import ClipScoreMetric, ClipScorer
-
-            if prompts is None:
-                raise ValueError("metrics=[clip] scores text-to-image samples against their captions: set "
-                                 "fid.captions (e.g. fid=coco30k)")
-            if not clip_model:
-                raise ValueError("metrics=[clip] needs clip_model=<a local transformers CLIP directory>")
-            scorer = ClipScorer(clip_model, device=device)
-            caps = list(prompts)
-
-            def captions_of_batch(b: int, caps: List[str] = caps) -> List[str]:
-                return caps[b * batch_size : min((b + 1) * batch_size, num_samples)]
-
-            out["clip"] = ClipScoreMetric(scorer, captions_of_batch)
-    return out
+    req = MetricRequest(feature_fn, num_samples, batch_size, is_splits, clip_model, prompts, device)
+    return {name: BATCH_METRICS[name](req) for name in names if name != "fid"}
 
 
 def evaluate_fid(
