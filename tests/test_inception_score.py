@@ -191,16 +191,26 @@ def test_torchrun_two_processes_same_is(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "eval_fid.py", *common, f"out_dir={tmp_path / 'two'}"]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+
+    def launch(*extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "eval_fid.py", *common, *extra]
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+        return res.stdout
+
+    launch(f"out_dir={tmp_path / 'two'}")
     two = json.loads((tmp_path / "two" / "fid.json").read_text())
     one = run_from_config(_compose(common + [f"out_dir={tmp_path / 'one'}"]))
     assert two["processes"] == 2 and one["processes"] == 1
     assert two["inception_score"] == pytest.approx(one["inception_score"], rel=1e-12)
     assert two["inception_score_per_split"] == pytest.approx(one["inception_score_per_split"], rel=1e-12)
     assert two["fid"] == pytest.approx(one["fid"], rel=1e-10)
+    # interrupted with 2 processes (one batch each), finished by one process (it carries their shards)
+    assert "partial: 2/3 batches" in launch(f"out_dir={tmp_path / 'mixed'}", "max_batches=1")
+    mixed = run_from_config(_compose(common + [f"out_dir={tmp_path / 'mixed'}"]))
+    assert mixed["batches_computed"] == 1
+    assert mixed["inception_score_per_split"] == pytest.approx(one["inception_score_per_split"], rel=1e-12)
 
 
 def test_config_check_names_bad_metric_options():
