@@ -105,8 +105,9 @@ def read_md_table(path: Path) -> Tuple[Dict[Tuple[str, int], Dict[str, float]], 
             cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
             if len(cells) != len(header) + 1:
                 raise ValueError(f"{path}: row {line!r} has {len(cells) - 1} cells for {len(header)} columns")
-            row = table.setdefault((solver, int(cells[0])), {})
-            row.update({k: float(v) for k, v in zip(header, cells[1:], strict=True) if v})
+            values = {k: float(v) for k, v in zip(header, cells[1:], strict=True) if v}
+            if values:
+                table.setdefault((solver, int(cells[0])), {}).update(values)
     return table, kinds, solvers
 
 
