@@ -52,7 +52,7 @@ def _hand_clip(clip_dir, png_dir):
     tok = CLIPTokenizer.from_pretrained(clip_dir)
     scores = []
     for i, caption in enumerate(CAPTIONS):
-        x = torch.from_numpy(np.asarray(Image.open(png_dir / "000000" / f"{i:06d}.png").convert("RGB")))
+        x = torch.from_numpy(np.array(Image.open(png_dir / "000000" / f"{i:06d}.png").convert("RGB")))
         x = x.permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
             img = model.visual_projection(model.vision_model(pixel_values=(x - CLIP_MEAN) / CLIP_STD).pooler_output)
