@@ -185,7 +185,25 @@ def validate_config(cfg: Any, entry: str) -> Dict[str, Any]:
         check_int("batch_size", c.get("batch_size"))
         for k in ("save_grid", "progress"):
             check_bool(k, c.get(k, True))
+        _validate_eval_metrics(c)
     return c
+
+
+def _validate_eval_metrics(c: Mapping[str, Any]) -> None:
+    """eval_fid.py's ``metrics`` / ``is_splits`` (names, ranges) and the extras they need, before any work."""
+    from ld3.metrics.evaluate import parse_metrics
+    from ld3.metrics.inception_score import check_splits
+
+    try:
+        names = parse_metrics(c.get("metrics"))
+        if "is" in names:
+            check_splits(c.get("num_samples"), c.get("is_splits", 10))
+    except ValueError as e:
+        raise ConfigError(_one_line(e)) from None
+    if "clip" in names:
+        from ld3.utils.extras import require
+
+        require("transformers", "zoo", "the CLIP score (metrics=[..., clip])")
 
 
 def expand_path_pattern(path: Any) -> Any:

@@ -85,6 +85,32 @@ def _timetuner(out: Path, nfe: int, args, untuned: bool = False) -> Path:
     return path
 
 
+def read_md_table(path: Path) -> Tuple[Dict[Tuple[str, int], Dict[str, float]], List[str], List[str]]:
+    """(cells, kinds in column order, solvers in section order) of a table this script wrote (``--keep``)."""
+    table: Dict[Tuple[str, int], Dict[str, float]] = {}
+    kinds: List[str] = []
+    solvers: List[str] = []
+    solver, header = None, None
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            solver, header = line[3:].strip(), None
+            if solver == "Notes":
+                solver = None
+            elif solver not in solvers:
+                solvers.append(solver)
+        elif solver and line.startswith("| NFE |"):
+            header = [c.strip() for c in line.strip().strip("|").split("|")][1:]
+            kinds += [k for k in header if k not in kinds]
+        elif solver and header and line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+            if len(cells) != len(header) + 1:
+                raise ValueError(f"{path}: row {line!r} has {len(cells) - 1} cells for {len(header)} columns")
+            values = {k: float(v) for k, v in zip(header, cells[1:], strict=True) if v}
+            if values:
+                table.setdefault((solver, int(cells[0])), {}).update(values)
+    return table, kinds, solvers
+
+
 def render(table: Dict[Tuple[str, int], Dict[str, float]], kinds: List[str], args, wall: float) -> str:
     lines = [
         "# FID pipeline on the embedded digits model (CPU)", "",
@@ -101,6 +127,9 @@ def render(table: Dict[Tuple[str, int], Dict[str, float]], kinds: List[str], arg
         f"solver). `ddim` rows: `untuned` = DDIM on TimeTuner's default grid (ratios 1), `timetuner` = the "
         f"same grid tuned.", "",
     ]
+    if getattr(args, "keep", None):
+        lines[2] = lines[2] + (f" Cells this command did not compute are kept from the earlier table "
+                                    f"`{args.keep}` (`--keep`; its commands are in the notes).")
     for solver in args.solvers:
         lines += [f"## {solver}", "", "| NFE | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
         for nfe in args.nfe:
@@ -113,6 +142,29 @@ def render(table: Dict[Tuple[str, int], Dict[str, float]], kinds: List[str], arg
             lines.append(f"| {nfe} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def merged(table, kinds, solvers, kept, kept_kinds, kept_solvers):
+    """This run's cells over the kept ones; columns and sections in the kept table's order, new ones after."""
+    out = {key: dict(row) for key, row in kept.items()}
+    for key, row in table.items():
+        out.setdefault(key, {}).update(row)
+    all_kinds = list(kept_kinds) + [k for k in kinds if k not in kept_kinds]
+    all_solvers = list(kept_solvers) + [s for s in solvers if s not in kept_solvers]
+    return out, all_kinds, all_solvers
+
+
+def _write_md(table, kinds, args, t0, kept, kept_kinds, kept_solvers) -> None:
+    import copy
+
+    shown = copy.copy(args)
+    cells, all_kinds, shown.solvers = merged(table, kinds, args.solvers, kept, kept_kinds, kept_solvers)
+    text = render(cells, all_kinds, shown, time.perf_counter() - t0)
+    if args.keep:  # the earlier table's notes (its commands) travel with its cells
+        earlier = Path(args.keep).read_text(encoding="utf-8")
+        if "\n## Notes\n" in earlier:
+            text += "\n## Notes\n" + earlier.split("\n## Notes\n", 1)[1]
+    Path(args.md).write_text(text, encoding="utf-8")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -130,7 +182,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default="runs/embedded_fid")
     p.add_argument("--results", default="results/embedded_fid.jsonl")
     p.add_argument("--md", default=None, help="write the markdown table here")
+    p.add_argument("--keep", default=None, help="an earlier --md table: its cells that this run does not compute "
+                                                "are kept (columns and sections merged)")
     args = p.parse_args(argv)
+    kept: Dict[Tuple[str, int], Dict[str, float]] = {}
+    kept_kinds: List[str] = []
+    kept_solvers: List[str] = []
+    if args.keep:
+        kept, kept_kinds, kept_solvers = read_md_table(Path(args.keep))
     import torch
 
     torch.set_num_threads(1)
@@ -155,7 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                          "discretization.options.allow_mismatch=true"])
                 print(f"{solver} NFE {nfe} timetuner: {row['timetuner']:.3f}", flush=True)
             if args.md:
-                Path(args.md).write_text(render(table, kinds, args, time.perf_counter() - t0), encoding="utf-8")
+                _write_md(table, kinds, args, t0, kept, kept_kinds, kept_solvers)
     if args.timetuner:
         args.solvers = [*args.solvers, "ddim"]
         for nfe in args.nfe:
@@ -168,7 +227,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         kinds = [*kinds, "untuned"]
     (out / "table.json").write_text(json.dumps({f"{s}|{n}": r for (s, n), r in table.items()}, indent=1))
     if args.md:
-        Path(args.md).write_text(render(table, kinds, args, time.perf_counter() - t0), encoding="utf-8")
+        _write_md(table, kinds, args, t0, kept, kept_kinds, kept_solvers)
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
     return 0
 

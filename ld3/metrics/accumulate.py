@@ -22,7 +22,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Set, Tuple
 
 import torch
 from tqdm import tqdm
@@ -41,6 +41,43 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+class BatchMetric(Protocol):
+    """A metric accumulated next to the feature sums (Inception Score, CLIP score): float64 tensors that add
+    over batches, processes and resumed runs (so sharding and resuming stay exact)."""
+
+    def zeros(self) -> Dict[str, torch.Tensor]:
+        """The empty sums (fixed shapes: every process reduces them, also one that computed no batch)."""
+
+    def batch(self, b: int, images: torch.Tensor, outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The sums of global batch ``b`` (``outputs``: the feature extractor's ``features`` / ``logits``)."""
+
+
+Sums = Dict[str, Dict[str, torch.Tensor]]
+
+
+def _zero_sums(metrics: Dict[str, BatchMetric]) -> Sums:
+    return {name: {k: v.double().clone() for k, v in m.zeros().items()} for name, m in metrics.items()}
+
+
+def _add_sums(into: Sums, other: Sums) -> Sums:
+    for name, sums in into.items():
+        if name not in other:
+            raise ValueError(f"metric sums {name!r} missing (stored: {sorted(other)})")
+        for key, value in sums.items():
+            add = other[name][key].double()
+            if add.shape != value.shape:
+                raise ValueError(f"metric sums {name}.{key}: shape {tuple(add.shape)}, expected {tuple(value.shape)}")
+            value += add
+    return into
+
+
+def _outputs(feature_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+             with_outputs: bool) -> Dict[str, torch.Tensor]:
+    if with_outputs and hasattr(feature_fn, "outputs"):
+        return feature_fn.outputs(images)
+    return {"features": feature_fn(images)}
+
+
 def shard_name(rank: int, world_size: int) -> str:
     return f"shard-rank{rank}-of{world_size}.pt"
 
@@ -53,6 +90,7 @@ class Accumulated:
     num_batches: int
     done_batches: int        # finished batches after this run (all processes)
     computed_batches: int    # batches computed by this run (all processes)
+    metrics: Optional[Sums] = None  # reduced sums of the extra metrics (``metrics=`` of accumulate_features)
 
     @property
     def complete(self) -> bool:
@@ -73,8 +111,8 @@ def _check_run_file(directory: Path, fp: str, description: Dict[str, Any], ctx: 
         atomic_write_json(run_file, {"format": SHARD_FORMAT, "fingerprint": fp, "run": description})
 
 
-def _load_shards(directory: Path, fp: str) -> Dict[str, Tuple[Set[int], FeatureStats]]:
-    out: Dict[str, Tuple[Set[int], FeatureStats]] = {}
+def _load_shards(directory: Path, fp: str) -> Dict[str, Tuple[Set[int], FeatureStats, Sums]]:
+    out: Dict[str, Tuple[Set[int], FeatureStats, Sums]] = {}
     seen: Dict[int, str] = {}
     for path in sorted(directory.glob("shard-rank*-of*.pt")):
         if not _SHARD_RE.match(path.name):
@@ -88,7 +126,7 @@ def _load_shards(directory: Path, fp: str) -> Dict[str, Tuple[Set[int], FeatureS
             if b in seen:
                 raise ValueError(f"batch {b} is stored twice ({seen[b]} and {path.name}); the directory is corrupt")
             seen[b] = path.name
-        out[path.name] = (batches, FeatureStats.from_state(state))
+        out[path.name] = (batches, FeatureStats.from_state(state), state.get("metrics") or {})
     return out
 
 
@@ -118,6 +156,7 @@ def accumulate_features(
     batch_size_hint: Optional[int] = None,
     progress: bool = True,
     desc: str = "features",
+    metrics: Optional[Dict[str, BatchMetric]] = None,
 ) -> Accumulated:
     """Feature sums over ``produce(b)`` for every batch b, sharded over processes, resumable.
 
@@ -131,6 +170,8 @@ def accumulate_features(
         on_batch: called with (b, images) after the features and before the checkpoint (PNG export).
         max_batches: compute at most this many new batches per process, then stop (a time-sliced job;
             the result is then incomplete and a rerun continues).
+        metrics: extra additive metrics (:class:`BatchMetric`) accumulated, checkpointed and reduced with the
+            feature sums; they should be part of ``run_fingerprint`` (a directory without them is refused).
     """
     ctx = ctx or DistContext()
     if num_batches < 1:
@@ -142,6 +183,8 @@ def accumulate_features(
     foreign = FeatureStats()
     done: Set[int] = set()
     own_path = None
+    metrics = dict(metrics or {})
+    own_m, foreign_m = _zero_sums(metrics), _zero_sums(metrics)
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -149,15 +192,17 @@ def accumulate_features(
         shards = _load_shards(checkpoint_dir, run_fingerprint)
         current = {shard_name(r, ctx.world_size) for r in range(ctx.world_size)}
         own_path = checkpoint_dir / shard_name(ctx.rank, ctx.world_size)
-        for name, (batches, stats) in shards.items():
+        for name, (batches, stats, sums) in shards.items():
             bad = [b for b in batches if not 0 <= b < num_batches]
             if bad:
                 raise ValueError(f"{name} holds batch {bad[0]}, outside 0..{num_batches - 1}; wrong directory?")
             done |= batches
             if name == own_path.name:
                 own, own_batches = stats, set(batches)
+                _add_sums(own_m, sums)
             elif name not in current and ctx.is_main:
                 foreign.add(stats)  # shards of an earlier run with another process count: rank 0 carries them
+                _add_sums(foreign_m, sums)
         ctx.barrier()  # nobody writes before everybody has read the state
     remaining = [b for b in range(num_batches) if b not in done]
     mine: List[int] = remaining[ctx.rank :: ctx.world_size]
@@ -168,19 +213,28 @@ def accumulate_features(
     bar = tqdm(total=total, desc=desc, disable=not (progress and ctx.is_main), unit=unit)
     for b in mine:
         images = produce(b)
+        outputs = _outputs(feature_fn, images, bool(metrics))
         batch_stats = FeatureStats()
-        batch_stats.update(feature_fn(images))
+        batch_stats.update(outputs["features"])
+        batch_m = {name: m.batch(b, images, outputs) for name, m in metrics.items()}
         if on_batch is not None:
             on_batch(b, images)
         own.add(batch_stats)
+        _add_sums(own_m, batch_m)
         own_batches.add(b)
         if own_path is not None:
             state = {"format": SHARD_FORMAT, "fingerprint": run_fingerprint, "batches": sorted(own_batches),
                      **own.state()}
+            if metrics:
+                state["metrics"] = own_m
             atomic_torch_save(state, own_path)
         bar.update(images.shape[0] if batch_size_hint else 1)
     bar.close()
     computed = int(round(float(ctx.all_reduce_sum(torch.tensor([float(len(mine))], dtype=torch.float64)).item())))
     local = FeatureStats().add(own).add(foreign)
     stats = _reduce(local, ctx)
-    return Accumulated(stats, num_batches, len(done) + computed, computed)
+    reduced = None
+    if metrics:
+        local_m = _add_sums(own_m, foreign_m)
+        reduced = {name: {k: ctx.all_reduce_sum(v) for k, v in sums.items()} for name, sums in local_m.items()}
+    return Accumulated(stats, num_batches, len(done) + computed, computed, reduced)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Callable, Dict, Sequence, Union
 
 import torch
 
@@ -21,17 +21,25 @@ class ClipScorer:
 
     def __init__(self, path: Union[str, os.PathLike], device: str = "cpu") -> None:
         path = Path(path)
-        if not (path / "config.json").is_file():
+        missing = [f for f in ("config.json", "model.safetensors") if not (path / f).is_file()]
+        if missing:
             raise FileNotFoundError(
-                f"no CLIP model at {path} (expected a transformers CLIP directory with config.json and "
-                f"model.safetensors, e.g. openai/clip-vit-large-patch14 downloaded beforehand)"
+                f"no CLIP model at {path} (missing {', '.join(missing)}): expected a transformers CLIP directory "
+                f"(config.json, model.safetensors, tokenizer and preprocessor files). Get one on a machine with "
+                f"internet, e.g. `huggingface-cli download openai/clip-vit-large-patch14 --local-dir {path}`, "
+                f"or set clip_model=<directory>"
             )
         from transformers import CLIPModel, CLIPProcessor
 
         self.model = CLIPModel.from_pretrained(path, local_files_only=True, use_safetensors=True).to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
         self.device = device
-        self.info = {"name": "clip", "path": str(path), "model_type": self.model.config.model_type}
+        from ld3.utils.io import sha256_file
+
+        self.info = {"name": "clip", "implementation": "transformers CLIPModel", "path": str(path),
+                     "model_type": self.model.config.model_type,
+                     "weights_sha256": sha256_file(path / "model.safetensors"),
+                     "score": "max(100 cos(image, text), 0) (torchmetrics CLIPScore convention)"}
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
@@ -63,3 +71,31 @@ def clip_score(images: torch.Tensor, captions: Sequence[str], path: Union[str, o
                device: str = "cpu") -> float:
     """Mean CLIP score of a batch (see :class:`ClipScorer`)."""
     return float(ClipScorer(path, device)(images, captions).mean())
+
+
+class ClipScoreMetric:
+    """The CLIP score as a :class:`ld3.metrics.accumulate.BatchMetric`: additive float64 sums (count, sum,
+    sum of squares) of per-image scores; ``captions_of_batch(b)`` gives the prompts batch b was sampled with."""
+
+    def __init__(self, scorer: "ClipScorer", captions_of_batch: Callable[[int], Sequence[str]]) -> None:
+        self.scorer = scorer
+        self.captions_of_batch = captions_of_batch
+
+    def describe(self) -> Dict[str, object]:
+        return dict(self.scorer.info)
+
+    def zeros(self) -> Dict[str, torch.Tensor]:
+        return {k: torch.zeros(1, dtype=torch.float64) for k in ("count", "sum", "sum_sq")}
+
+    def batch(self, b: int, images: torch.Tensor, outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        s = self.scorer(images, list(self.captions_of_batch(b)))
+        return {"count": torch.tensor([float(s.numel())], dtype=torch.float64),
+                "sum": s.sum().reshape(1), "sum_sq": (s * s).sum().reshape(1)}
+
+    def result(self, state: Dict[str, torch.Tensor]) -> Dict[str, object]:
+        n = float(state["count"].item())
+        if n < 1:
+            raise ValueError("no CLIP scores accumulated")
+        mean = float(state["sum"].item()) / n
+        var = max(float(state["sum_sq"].item()) / n - mean * mean, 0.0)
+        return {"clip_score": mean, "clip_score_std": var ** 0.5, "clip_model": self.describe()}

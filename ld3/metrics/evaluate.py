@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -153,6 +154,76 @@ def condition_plan(model: Any, guidance_type: str, prompts: Optional[Sequence[st
     return ConditionPlan("none")
 
 
+#: metrics eval_fid.py computes (``metrics=[...]``); fid is always computed (its features drive the engine)
+METRICS = ("fid", "is", "clip")  # is / clip: BATCH_METRICS below
+
+
+def parse_metrics(metrics: Any) -> Tuple[str, ...]:
+    """The metric names of ``metrics`` (a list from :data:`METRICS`), checked; fid is always included."""
+    if metrics is None:
+        return ("fid",)
+    if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
+        raise ValueError(f"metrics must be a list from {list(METRICS)}, got {metrics!r}")
+    names = [str(m).lower() for m in metrics]
+    bad = [m for m in names if m not in METRICS]
+    if bad:
+        raise ValueError(f"unknown metric {bad[0]!r} in metrics={list(metrics)}; allowed: {list(METRICS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"metrics={list(metrics)} lists a metric twice")
+    return tuple(["fid", *[m for m in names if m != "fid"]])
+
+
+@dataclass
+class MetricRequest:
+    """What the builders of the extra metrics may use (see :func:`build_batch_metrics`)."""
+
+    feature_fn: Any
+    num_samples: int
+    batch_size: int
+    is_splits: int = 10
+    clip_model: Optional[str] = None
+    prompts: Optional[Sequence[str]] = None
+    device: str = "cpu"
+
+
+def _build_is(req: MetricRequest) -> Any:
+    from ld3.metrics.inception_score import InceptionScoreMetric
+
+    num_classes = getattr(req.feature_fn, "num_classes", None)
+    if not num_classes:
+        name = getattr(req.feature_fn, "info", {}).get("name", req.feature_fn)
+        raise ValueError(f"metrics=[is] needs class logits, but the feature extractor {name!r} has none "
+                         f"(use fid=inception, or the digits model's fid=model)")
+    return InceptionScoreMetric(req.num_samples, req.batch_size, int(req.is_splits), int(num_classes))
+
+
+def _build_clip(req: MetricRequest) -> Any:
+    from ld3.metrics.clip_score import ClipScoreMetric, ClipScorer
+
+    if req.prompts is None:
+        raise ValueError("metrics=[clip] scores text-to-image samples against their captions: set fid.captions "
+                         "(e.g. fid=coco30k)")
+    if not req.clip_model:
+        raise ValueError("metrics=[clip] needs clip_model=<a local transformers CLIP directory>")
+    scorer = ClipScorer(req.clip_model, device=req.device)
+    caps, bs, n = list(req.prompts), req.batch_size, req.num_samples
+    return ClipScoreMetric(scorer, lambda b: caps[b * bs : min((b + 1) * bs, n)])
+
+
+#: builders of the metrics accumulated next to the FID sums (``metrics=[fid, is, clip]``)
+BATCH_METRICS: Dict[str, Callable[[MetricRequest], Any]] = {"is": _build_is, "clip": _build_clip}
+
+
+def build_batch_metrics(
+    names: Sequence[str], feature_fn: Any, num_samples: int, batch_size: int, is_splits: int = 10,
+    clip_model: Optional[str] = None, prompts: Optional[Sequence[str]] = None, device: str = "cpu",
+) -> Dict[str, Any]:
+    """The extra metrics (Inception Score, CLIP score) accumulated next to the FID sums, checked before any
+    sampling: IS needs a feature extractor with class logits, CLIP a local model and the captions."""
+    req = MetricRequest(feature_fn, num_samples, batch_size, is_splits, clip_model, prompts, device)
+    return {name: BATCH_METRICS[name](req) for name in names if name != "fid"}
+
+
 def evaluate_fid(
     model: Any,
     solver: Any,
@@ -179,6 +250,9 @@ def evaluate_fid(
     prompts: Optional[Sequence[str]] = None,
     run_info: Optional[Dict[str, Any]] = None,
     ctx: Optional[DistContext] = None,
+    metrics: Sequence[str] = ("fid",),
+    is_splits: int = 10,
+    clip_model: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Sample ``num_samples`` images (seeds ``seed ..``) and return the Fréchet distance and timing.
 
@@ -188,7 +262,11 @@ def evaluate_fid(
     ``png_dir`` exports every sample as ``{seed:06d}.png`` in folders of 1,000; ``max_batches`` stops
     each process after that many new batches (the result is then marked incomplete, ``fid`` None).
     ``quantize`` scores the 8-bit images (what a PNG holds), as the published FID pipelines do.
+    ``metrics`` adds the Inception Score (``is``, ``is_splits`` contiguous splits of the logits of the same
+    feature network) and the CLIP score (``clip``: the local CLIP directory ``clip_model`` against ``prompts``),
+    accumulated, checkpointed and reduced like the FID sums.
     """
+    names = parse_metrics(list(metrics))
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 for a covariance, got {num_samples}")
     if batch_size < 1:
@@ -205,14 +283,16 @@ def evaluate_fid(
         options.setdefault("device", str(dev))
     feature_fn = get_feature_extractor(feature, **options)
     feature_info = getattr(feature_fn, "info", {"name": feature})
-    mu_ref, sigma_ref, ref_desc = reference_statistics(
-        feature_fn, ref_stats, reference_images, reference_split, reference_cache, quantize=quantize, ctx=ctx
-    )
     guidance_type = guidance_type or model.default_guidance
     plan = condition_plan(model, guidance_type, prompts)
     if plan.kind == "prompts" and len(plan.prompts) < num_samples:
         raise ValueError(f"{len(plan.prompts)} captions for {num_samples} samples; the protocol uses one per sample")
     num_batches = -(-num_samples // batch_size)
+    extra = build_batch_metrics([m for m in names if m != "fid"], feature_fn, num_samples, batch_size, is_splits,
+                                clip_model, plan.prompts if plan.kind == "prompts" else None, str(dev))
+    mu_ref, sigma_ref, ref_desc = reference_statistics(
+        feature_fn, ref_stats, reference_images, reference_split, reference_cache, quantize=quantize, ctx=ctx
+    )
     ts = timesteps.detach().to(dev)
     mts = None if model_timesteps is None else model_timesteps.detach().to(dev)
 
@@ -250,17 +330,23 @@ def evaluate_fid(
         "guidance_type": guidance_type, "guidance_scale": guidance_scale, "conditions": plan.describe(),
         "feature": feature_info, "quantize": bool(quantize),
     }
+    if extra:  # only then: the fingerprints of FID-only runs (and their checkpoints) stay as they were
+        description["metrics"] = {name: m.describe() for name, m in extra.items()}
     t0 = time.perf_counter()
     acc = accumulate_features(
         num_batches, produce, feature_fn, ctx=ctx, checkpoint_dir=checkpoint_dir,
         run_fingerprint=fingerprint(description), run_description=description, on_batch=on_batch,
         max_batches=max_batches, batch_size_hint=batch_size, progress=progress, desc="sampling",
+        metrics=extra,
     )
     elapsed = time.perf_counter() - t0
     fd = None
+    scores: Dict[str, Any] = {}
     if acc.complete:
         mu, sigma = acc.stats.mu_sigma()
         fd = frechet_distance(mu, sigma, mu_ref, sigma_ref)
+        for name, m in extra.items():
+            scores.update(m.result(acc.metrics[name]))
     computed_images = min(acc.computed_batches * batch_size, num_samples)
     return {
         "fid": fd,
@@ -277,6 +363,8 @@ def evaluate_fid(
         "fingerprint": fingerprint(description),
         "sampling_seconds": elapsed,
         "images_per_second": computed_images / elapsed if elapsed > 0 and computed_images else None,
+        "metrics": list(names),
+        **scores,
     }
 
 
@@ -312,6 +400,12 @@ def _feature_from_config(cfg: Any, model: Any, dev: torch.device) -> Any:
     return get_feature_extractor(feature, **options)
 
 
+def _plain(value: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def _reference_cache(cfg: Any) -> Optional[Path]:
     ref = cfg.fid.get("reference_images")
     if not ref or ref not in _REFERENCE_IMAGES:
@@ -341,6 +435,10 @@ def run_from_config(cfg: Any) -> Dict[str, Any]:
     mode = str(cfg.get("mode", "sample"))
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not supported; allowed: {list(MODES)}")
+    names = parse_metrics(_plain(cfg.get("metrics")))
+    if mode != "sample" and names != ("fid",):
+        raise ValueError(f"metrics={list(names)}: the Inception Score and CLIP score are computed in mode=sample "
+                         f"only; mode={mode} computes FID statistics")
     ctx = init_distributed(str(cfg.device))
     try:
         if mode == "sample":
@@ -439,6 +537,9 @@ def _run_sample(cfg: Any, ctx: DistContext) -> Dict[str, Any]:
         prompts=prompts,
         run_info=run_info,
         ctx=ctx,
+        metrics=parse_metrics(_plain(cfg.get("metrics"))),
+        is_splits=int(cfg.get("is_splits", 10)),
+        clip_model=str(cfg.clip_model) if cfg.get("clip_model") else None,
     )
     result.update(model=cfg.model.name, solver=cfg.solver.name, steps=int(cfg.steps),
                   discretization=cfg.discretization.kind, timesteps=disc.timesteps.tolist(),
@@ -454,7 +555,8 @@ def _run_sample(cfg: Any, ctx: DistContext) -> Dict[str, Any]:
     atomic_write_json(previous, result)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     logger = make_logger(cfg.logger, run_config=run_config, run_name=name)
-    logger.log_result({k: v for k, v in result.items() if k not in ("timesteps", "feature_extractor")})
+    logger.log_result({k: v for k, v in result.items()
+                       if k not in ("timesteps", "feature_extractor", "clip_model", "inception_score_per_split")})
     logger.finish()
     return result
 
@@ -469,4 +571,8 @@ def describe_result(result: Dict[str, Any]) -> str:
         return (f"partial: {result['batches_done']}/{result['batches_total']} batches done "
                 f"(rerun the same command to continue)")
     note = " (already complete: nothing sampled)" if result.get("already_complete") else ""
+    if result.get("inception_score") is not None:
+        note = f", IS {result['inception_score']:.4f} +- {result['inception_score_std']:.4f}{note}"
+    if result.get("clip_score") is not None:
+        note = f", CLIP score {result['clip_score']:.4f}{note}"
     return f"FID ({result['feature']}, {result['num_samples']} samples, NFE {result['nfe']}): {result['fid']:.4f}{note}"

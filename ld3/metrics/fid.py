@@ -53,12 +53,23 @@ class FeatureExtractor:
     reproduces) is recorded with every score, so two numbers are only compared when they share it.
     """
 
-    def __init__(self, fn: FeatureFn, info: Dict[str, object]) -> None:
+    def __init__(self, fn: FeatureFn, info: Dict[str, object],
+                 outputs_fn: Optional[Callable[[torch.Tensor], Dict[str, torch.Tensor]]] = None,
+                 num_classes: Optional[int] = None) -> None:
         self.fn = fn
         self.info = dict(info)
+        self.outputs_fn = outputs_fn
+        self.num_classes = num_classes  # classes of ``outputs()['logits']`` (Inception Score); None: no logits
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.fn(images)
+
+    def outputs(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``{'features': (B, F)}`` plus ``'logits': (B, num_classes)`` when the network classifies, from one
+        forward pass (the Inception Score uses the logits)."""
+        if self.outputs_fn is None:
+            return {"features": self.fn(images)}
+        return self.outputs_fn(images)
 
 
 INCEPTION_RESIZE = {
@@ -141,17 +152,27 @@ def inception_features(
     net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                              feature_extractor_weights_path=str(path), antialias=antialias).to(device).eval()
 
-    def fn(images: torch.Tensor) -> torch.Tensor:
+    def pool3(images: torch.Tensor) -> torch.Tensor:
         x = to_uint8_batch(images.to(device))  # the integer images FID is defined on
         if pil:  # 299x299 already: the network's own resize is then the identity
             x = _pil_bicubic_299(x).round().clamp(0, 255).to(torch.uint8).to(device)
         with torch.no_grad():
-            return net(x).reshape(x.shape[0], -1).double().cpu()
+            return net(x).reshape(x.shape[0], -1)
+
+    def fn(images: torch.Tensor) -> torch.Tensor:
+        return pool3(images).double().cpu()
+
+    def outputs(images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        f = pool3(images)
+        with torch.no_grad():  # torch-fidelity's 'logits_unbiased': pool3 @ fc.weight.T (no bias), 1008 classes
+            logits = f.mm(net.fc.weight.T)
+        return {"features": f.double().cpu(), "logits": logits.double().cpu()}
 
     info = {"name": "inception", "implementation": "torchmetrics NoTrainInceptionV3 (torch-fidelity port)",
             "layer": "pool3 (2048)", "weights": path.name, "weights_sha256": sha256_file(path),
-            "resize": resize, "reproduces": pipeline}
-    return FeatureExtractor(fn, info)
+            "resize": resize, "reproduces": pipeline,
+            "logits": "logits_unbiased (1008; pool3 @ fc.weight.T, the TF graph's softmax without bias)"}
+    return FeatureExtractor(fn, info, outputs, num_classes=int(net.fc.weight.shape[0]))
 
 
 @register_feature_extractor("model")
@@ -167,7 +188,19 @@ def model_features(feature_fn: Optional[FeatureFn] = None, model_name: Optional[
 
     info = {"name": "model", "implementation": f"feature network of model {model_name!r}",
             "weights_sha256": weights_sha256, "reproduces": "no published pipeline (this project's digits FD)"}
-    return FeatureExtractor(fn, info)
+    logits_fn = getattr(feature_fn, "logits", None)
+    head = getattr(getattr(feature_fn, "net", None), "head", None)
+    num_classes = getattr(feature_fn, "num_classes", getattr(head, "out_features", None))
+    if logits_fn is None or num_classes is None:
+        return FeatureExtractor(fn, info)
+
+    def outputs(images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        with torch.no_grad():
+            feats = feature_fn(images).reshape(images.shape[0], -1).double().cpu()
+            return {"features": feats, "logits": logits_fn(images).double().cpu()}
+
+    info["logits"] = f"the feature network's classifier head ({num_classes} classes)"
+    return FeatureExtractor(fn, info, outputs, num_classes=int(num_classes))
 
 
 class FeatureStats:
