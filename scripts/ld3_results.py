@@ -23,7 +23,7 @@ held-out size), ``<runs-dir>/cells/eval/`` the per-sample held-out distances of 
 and the held-out range). A rerun resumes; a new ``--num-test`` only evaluates. Progress lines go to stdout
 (run it with ``nohup ... > log &`` for the full table).
 
-    python scripts/ld3_results.py                          # the full table (~75 min of training, 13 min of
+    python scripts/ld3_results.py                          # the full table (~75 min of training, 8-13 min of
                                                            # held-out evaluation on 1 loaded CPU thread)
     python scripts/ld3_results.py --num-test 1000          # re-evaluate the cached learned grids on 1000 pairs
     python scripts/ld3_results.py --models analytic_gmm --solvers ipndm --nfes 4 --out /tmp/r.md
