@@ -86,10 +86,16 @@ REFERENCE_MODELS: Dict[str, Dict[str, Any]] = {
                    "teacher_source": "scripts/gen_data.sh l.19-26: uni_pc, --steps 20, --skip_type edm "
                                      "(rho 7 on t for this VP model)"},
     "sd_v1_4": {"yml": "configs/stable_diff_v1-4.yml", "order": 2, "variant": "bh2", "learner": REF_LD3_SD,
+                "prompt_path": "${paths.data_dir}/coco/captions_val2014.json",
+                "prompt_source": "COCO val2014 captions, as the reference (scripts/gen_data.sh l.36 --prompt_path "
+                                 "captions_val2014.json; README.md l.34 downloads it)",
                 "teacher": {"steps": 20, "kind": "time_uniform"},
                 "teacher_source": "scripts/gen_data.sh l.28-36: uni_pc, --skip_type time_uniform, --steps 5 "
                                   "(README.md l.60-69: --steps 6); ours: 20 steps (docs/presets.md)"},
     "sd_v1_5": {"yml": "configs/stable_diff_v1-5.yml", "order": 2, "variant": "bh2", "learner": REF_LD3_SD,
+                "prompt_path": "${paths.data_dir}/coco/captions_val2014.json",
+                "prompt_source": "COCO val2014 captions, as the reference (scripts/gen_data.sh l.36 --prompt_path "
+                                 "captions_val2014.json; README.md l.34 downloads it)",
                 "teacher": {"steps": 20, "kind": "time_uniform"},
                 "teacher_source": "as sd_v1_4 (the reference has no v1-5 data script): uni_pc, time_uniform; "
                                   "ours: 20 steps (docs/presets.md)"},
@@ -122,6 +128,9 @@ def learner_preset(model: str, r: Dict[str, Any]) -> str:
            if t["kind"] == "poly" else ""),
         "    options: null            # the kind's defaults (replaces, not merges with, the discretization group's)",
     ]
+    if r.get("prompt_path"):
+        lines += [f"  prompt_path: {r['prompt_path']}",
+                  f"  # ^ training prompts: {r['prompt_source']}"]
     lines += _block("learner", r["learner"])
     return "\n".join(lines) + "\n"
 

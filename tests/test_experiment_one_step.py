@@ -82,9 +82,9 @@ def _sd(d: Path) -> tuple:
 
     root = write_tiny_sd_pipeline(d / "sd")
     (d / "prompts.txt").write_text("a cat\na dog\n")
-    # the experiment sets no training prompts (main.py needs +teacher.prompt_path for a text model)
+    # the preset names the COCO captions file; point it at a tiny prompts file
     return [f"model.options.checkpoint={root.name}", f"model.options.weights_dir={root.parent}",
-            "model.options.height=16", "model.options.width=16", f"+teacher.prompt_path={d / 'prompts.txt'}"], None
+            "model.options.height=16", "model.options.width=16", f"teacher.prompt_path={d / 'prompts.txt'}"], None
 
 
 TINY = {"edm_cifar10": _edm, "edm_afhqv2": _edm, "edm_ffhq": _edm, "adm_imagenet64": _adm,
