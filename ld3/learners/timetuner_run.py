@@ -2,7 +2,8 @@
 
 TimeTuner (Xia et al., CVPR 2024; ``ld3/learners/timetuner.py``) tunes one network-time ratio per DDIM
 step. Here its data are the teacher pairs of the run (``ld3.data``): the teacher's outputs are the x_0
-samples it noises, their conditions the labels. It tunes DDIM on the grid of the configured solver
+samples it noises (for latent models the teacher's final latents, from an ``img_space: latent``
+teacher set of the same seeds), their conditions the labels. It tunes DDIM on the grid of the configured solver
 (``solver.num_timesteps(steps)`` points: the reference grid, a given list, or any discretization kind)
 and the result - timesteps t_i with network times r_i t_i - drives that solver. The run directory,
 ``discretization.json`` (source ``learned:timetuner``), ``history.json``, plots, ``result.json`` with
