@@ -2,7 +2,8 @@
 
 TimeTuner (Xia et al., CVPR 2024; ``ld3/learners/timetuner.py``) tunes one network-time ratio per DDIM
 step. Here its data are the teacher pairs of the run (``ld3.data``): the teacher's outputs are the x_0
-samples it noises, their conditions the labels. It tunes DDIM on the grid of the configured solver
+samples it noises (for latent models the teacher's final latents, from an ``img_space: latent``
+teacher set of the same seeds), their conditions the labels. It tunes DDIM on the grid of the configured solver
 (``solver.num_timesteps(steps)`` points: the reference grid, a given list, or any discretization kind)
 and the result - timesteps t_i with network times r_i t_i - drives that solver. The run directory,
 ``discretization.json`` (source ``learned:timetuner``), ``history.json``, plots, ``result.json`` with
@@ -180,9 +181,11 @@ def run_timetuner(cfg: Any, data: LD3Data | None = None, loaded: Any = None, on_
         raise ValueError(f"run_timetuner runs TimeTuner; learner={lname!r} is not TimeTuner (use run_learner)")
     tcfg = TimeTunerRunConfig.from_dict(lraw)
     su = pl.prepare_run(c, loaded)
-    if su.loaded.decode is not None:
-        raise ValueError(f"model {su.mcfg['name']!r} is a latent model: TimeTuner through main.py noises the "
-                         "teacher's pixel outputs and needs an encoder, which the zoo does not provide")
+    latent_x0 = su.loaded.decode is not None and tcfg.objective == "ddim_step"
+    if latent_x0 and data is not None:
+        raise ValueError(f"model {su.mcfg['name']!r} is a latent model: objective=ddim_step noises x_0 in its latent "
+                         "space, which in-memory (pixel) teacher data lacks; let run_timetuner load the teacher data "
+                         "or use learner.objective=solver_output")
     if on_step is not None:
         raise ValueError("run_timetuner does not take on_step (it has no LD3 trainer)")
     grid = None if tcfg.discretization == BEST_HANDCRAFTED else base_grid(tcfg, su.solver, su.steps)
@@ -197,18 +200,42 @@ def run_timetuner(cfg: Any, data: LD3Data | None = None, loaded: Any = None, on_
     if data is None:
         data, data_root = pl.load_teacher_data(c, su.loaded, tcfg.num_train + tcfg.num_valid + tcfg.num_test,
                                                su.device)
+    x0 = None
+    if latent_x0:  # ddim_step on a latent model: the teacher's own final latents of the same seeds are the x_0
+        x0 = _latent_teacher_x0(c, su.loaded, data, data_root, su.device)
     handler = pl.start_run_dir(c, run_dir, fp, fp_obj)
     logger = make_logger(c.get("logger") or {"backend": "disabled"}, run_config=c, run_name=name)
     try:
-        return _run(su, tcfg, grid, run_dir, data, data_root, logger)
+        return _run(su, tcfg, grid, run_dir, data, data_root, logger, x0)
     finally:
         logger.finish()
         log.removeHandler(handler)
         handler.close()
 
 
+def _latent_teacher_x0(c: Dict[str, Any], loaded: Any, data: LD3Data, pixel_root: str,
+                       device: torch.device) -> torch.Tensor:
+    """The teacher's final latents (``img_space: latent``, a teacher directory of its own) for the pairs of
+    ``data``: the same seeds, checked by their unit-normal latents; stored next to the pixel teacher data at
+    ``pixel_root`` as ``<pixel_root>_latent``. Latent models only."""
+    from ld3.data import TeacherDataset, ensure_teacher_data
+
+    n = len(data)
+    path = ensure_teacher_data(c, model=loaded, num_samples=n, device=device, img_space="latent",
+                               out_dir=f"{pixel_root}_latent")
+    ds = TeacherDataset(path, limit=n)
+    if len(ds) < n or ds.img_space != "latent":
+        raise ValueError(f"teacher data at {path} has {len(ds)} samples in img_space={ds.img_space!r}; TimeTuner "
+                         f"(ddim_step) on a latent model needs {n} in img_space='latent'")
+    items = [ds[i] for i in range(n)]
+    if not torch.equal(torch.stack([it["latent"] for it in items]), data.latents.cpu()):
+        raise ValueError(f"the latent teacher data at {path} was drawn from other seeds than the pixel teacher "
+                         "data of the run")
+    return torch.stack([it["img"] for it in items])
+
+
 def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor | None, run_dir: Path, data: LD3Data,
-         data_root: str, logger: Any) -> Dict[str, Any]:
+         data_root: str, logger: Any, x0: torch.Tensor | None = None) -> Dict[str, Any]:
     from ld3.learners import pipeline as pl
 
     loaded, solver, device = su.loaded, su.solver, su.device
@@ -227,7 +254,9 @@ def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor | None, run_dir: 
     if tcfg.objective == "solver_output":
         t1, t2, history, extra = _tune_solver_output(su, tcfg, grid, run_dir, train, valid, make_fn, logger)
     else:
-        t1, t2, history, extra = _tune_ddim_step(su, tcfg, grid, run_dir, train, valid, make_fn, logger, data_root)
+        x0_train = train.targets if x0 is None else x0[:len(train)]
+        t1, t2, history, extra = _tune_ddim_step(su, tcfg, grid, run_dir, train, valid, make_fn, logger, data_root,
+                                                 x0_train)
     extra["base_grid"] = base
     report, grids = pl.held_out_report(su, make_fn, held_out, eval_split, t1, t2, tcfg.eval_batch_size)
     return pl.finish_run(
@@ -240,8 +269,9 @@ def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor | None, run_dir: 
 
 
 def _tune_ddim_step(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor, run_dir: Path, train: LD3Data,
-                    valid: LD3Data, make_fn: Any, logger: Any, data_root: str):
-    """The paper's objective: per-step DDIM tuning (:meth:`TimeTuner.optimize_timesteps`)."""
+                    valid: LD3Data, make_fn: Any, logger: Any, data_root: str, x0_train: torch.Tensor):
+    """The paper's objective: per-step DDIM tuning (:meth:`TimeTuner.optimize_timesteps`) on the x_0 samples
+    ``x0_train`` (the model space: the teacher's outputs, its latents for latent models)."""
     loaded, solver, device = su.loaded, su.solver, su.device
     gtype, gscale = su.mcfg.get("guidance_type"), su.mcfg.get("guidance_scale")
     ev = dict(decode=loaded.decode, batch_size=tcfg.eval_batch_size, device=device)
@@ -254,7 +284,7 @@ def _tune_ddim_step(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor, run_d
     if uncond is not None:
         step_kwargs["uncond_condition"] = uncond.to(device)
     tuner = TimeTuner(model_fn, loaded.noise_schedule, device=device)
-    loader = dict_loader(train.targets, labels, batch_size=min(tcfg.batch_size, len(train)), seed=tcfg.seed)
+    loader = dict_loader(x0_train, labels, batch_size=min(tcfg.batch_size, len(train)), seed=tcfg.seed)
     n = grid.numel() - 1
     log.info(f"TimeTuner run {run_dir.name}: model {su.mcfg['name']}, solver {solver.name}, NFE {su.steps} "
              f"({n} tuned DDIM steps), {tcfg.tune_type}, lr {tcfg.lr}, {tcfg.total_iters} batches of "
