@@ -66,6 +66,10 @@ SOLVERS = ("ipndm", "uni_pc")  # options: configs/solver_preset/<model>/<solver>
 REF_LD3_EDM = dict(LD3_EDM)      # configs/cifar10.yml, ffhq.yml, afhqv2.yml l.8, l.14-34
 REF_LD3_LATENT = dict(LD3_LATENT)  # configs/latent_diff_LSUN.yml, latent_diff_imn.yml l.14, l.20-40
 REF_LD3_SD = dict(LD3_SD)        # configs/stable_diff_v1-4.yml, stable_diff_v1-5.yml l.14, l.20-40
+# the reference's SD training prompts (teacher data and LD3 training)
+SD_PROMPTS = {"prompt_path": "${paths.data_dir}/coco/captions_val2014.json",
+              "prompt_source": "COCO val2014 captions, as the reference (scripts/gen_data.sh l.36 --prompt_path "
+                               "captions_val2014.json; README.md l.34 downloads it)"}
 REFERENCE_MODELS: Dict[str, Dict[str, Any]] = {
     "edm_cifar10": {"yml": "configs/cifar10.yml", "order": 3, "variant": "bh1", "learner": REF_LD3_EDM,
                     "teacher": {"steps": 20, "kind": "edm"},
@@ -86,16 +90,12 @@ REFERENCE_MODELS: Dict[str, Dict[str, Any]] = {
                    "teacher_source": "scripts/gen_data.sh l.19-26: uni_pc, --steps 20, --skip_type edm "
                                      "(rho 7 on t for this VP model)"},
     "sd_v1_4": {"yml": "configs/stable_diff_v1-4.yml", "order": 2, "variant": "bh2", "learner": REF_LD3_SD,
-                "prompt_path": "${paths.data_dir}/coco/captions_val2014.json",
-                "prompt_source": "COCO val2014 captions, as the reference (scripts/gen_data.sh l.36 --prompt_path "
-                                 "captions_val2014.json; README.md l.34 downloads it)",
+                **SD_PROMPTS,
                 "teacher": {"steps": 20, "kind": "time_uniform"},
                 "teacher_source": "scripts/gen_data.sh l.28-36: uni_pc, --skip_type time_uniform, --steps 5 "
                                   "(README.md l.60-69: --steps 6); ours: 20 steps (docs/presets.md)"},
     "sd_v1_5": {"yml": "configs/stable_diff_v1-5.yml", "order": 2, "variant": "bh2", "learner": REF_LD3_SD,
-                "prompt_path": "${paths.data_dir}/coco/captions_val2014.json",
-                "prompt_source": "COCO val2014 captions, as the reference (scripts/gen_data.sh l.36 --prompt_path "
-                                 "captions_val2014.json; README.md l.34 downloads it)",
+                **SD_PROMPTS,
                 "teacher": {"steps": 20, "kind": "time_uniform"},
                 "teacher_source": "as sd_v1_4 (the reference has no v1-5 data script): uni_pc, time_uniform; "
                                   "ours: 20 steps (docs/presets.md)"},
