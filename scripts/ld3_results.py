@@ -469,7 +469,7 @@ def write_markdown(rows: List[Dict[str, Any]], args: argparse.Namespace, elapsed
         "at t_i) are tuned jointly through the row's solver to the teacher's final samples, and the ratios with "
         "the lowest validation loss are returned (all ratios 1, the base grid, if none beats it). The paper's "
         "per-step DDIM objective (`learner.objective=ddim_step`, the default) tunes the ratios for DDIM, not for "
-        "the row's solver (`++`: `objective` and `valid_every` are not yet keys of configs/learner/timetuner.yaml).",
+        "the row's solver (`++` sets a key whether or not the group's YAML lists it).",
         "* **vs best** is 1 - learned / best hand-crafted (per row, the best of the four grids on the held-out "
         "pairs); the target is > 0 everywhere and, for LD3, >= 30% at NFE 4. Misses are marked (short). In "
         "brackets: the 5% and 95% quantiles of the gain over 2000 paired bootstrap resamplings of the held-out "
