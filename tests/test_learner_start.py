@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _gmm_fixtures import exact_gmm_teacher
 
 from ld3.discretizations import get_timesteps
 from ld3.learners import LD3Data
@@ -21,9 +22,7 @@ def gmm():
 
 
 def _data(model, n=24):
-    ns = model.noise_schedule
-    lat = torch.randn(n, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    return LD3Data(lat, model.metadata["gmm"].ode_solution(lat * prior_scale(ns), ns.T, ns.eps))
+    return exact_gmm_teacher(model, n, 16)
 
 
 def _cfg(tmp_path, **learner):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _gmm_fixtures import exact_gmm_teacher
 
 from ld3.learners import LD3Data
 from ld3.learners.ld3 import prior_scale
@@ -33,9 +34,7 @@ def gmm():
 
 
 def _exact_teacher(model, n: int, seed: int = 0) -> LD3Data:
-    ns = model.noise_schedule
-    lat = torch.randn(n, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return LD3Data(lat, model.metadata["gmm"].ode_solution(lat * prior_scale(ns), ns.T, ns.eps))
+    return exact_gmm_teacher(model, n, 16, seed)
 
 
 def _cfg(tmp_path, solver="ipndm", **learner):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _gmm_fixtures import exact_gmm_teacher
 
 from ld3.learners import LD3Data
 from ld3.learners.ld3 import evaluate_grid
@@ -30,9 +31,7 @@ def gmm():
 
 
 def _teacher(model, n: int, seed: int = 0) -> LD3Data:
-    ns = model.noise_schedule
-    lat = torch.randn(n, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return LD3Data(lat, model.metadata["gmm"].ode_solution(lat, ns.T, ns.eps))
+    return exact_gmm_teacher(model, n, 8, seed)
 
 
 def _mse(out, tgt):
