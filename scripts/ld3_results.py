@@ -152,6 +152,8 @@ def training_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
         c.pop(k, None)
     for k in _NOT_TRAINING_LEARNER:
         c.get("learner", {}).pop(k, None)
+    # where the teacher data lies is not what it is (generate.py checks a teacher directory against its config)
+    (c.get("teacher") or {}).pop("data_dir", None)
     return c
 
 
