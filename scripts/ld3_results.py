@@ -23,8 +23,8 @@ held-out size), ``<runs-dir>/cells/eval/`` the per-sample held-out distances of 
 and the held-out range). A rerun resumes; a new ``--num-test`` only evaluates. Progress lines go to stdout
 (run it with ``nohup ... > log &`` for the full table).
 
-    python scripts/ld3_results.py                          # the full table (~75 min of training, 8-13 min of
-                                                           # held-out evaluation on 1 loaded CPU thread)
+    python scripts/ld3_results.py                          # the full table (~26 min of training and ~22 min of
+                                                           # held-out evaluation on 1 CPU thread, 2026-11-28)
     python scripts/ld3_results.py --num-test 1000          # re-evaluate the cached learned grids on 1000 pairs
     python scripts/ld3_results.py --models analytic_gmm --solvers ipndm --nfes 4 --out /tmp/r.md
 """
@@ -511,6 +511,11 @@ def write_markdown(rows: List[Dict[str, Any]], args: argparse.Namespace, elapsed
               "analytic_gmm": "Analytic Gaussian mixture (dim 16, 4 components; teacher: exact ODE solution)"}
     for model in args.models:
         lines += [f"## {titles.get(model, model)}", ""] + table(rows, model, args.learners) + [""]
+        rules = [f"{r['solver']} NFE {r['nfe']}: {r['convert_at']}" for r in rows
+                 if r["model"] == model and r["learner"] == "timetuner" and r.get("convert_at")]
+        if rules:
+            lines += ["TimeTuner's x0 conversion rule, chosen on the validation pairs (`learner.convert_at: auto`): "
+                      + "; ".join(rules) + ".", ""]
     if args.fid_note:
         lines += [
             "",
