@@ -48,6 +48,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 GUIDANCE = {"guidance_type": "classifier-free", "guidance_scale": 2.0}
+#: print every validation loss of both trainers (``--trace``): where the two runs part
+TRACE = False
 
 
 # ------------------------------------------------------------------------------------------------ problem
@@ -98,8 +100,11 @@ def run_ours(p: Dict[str, Any], nfe: int, batch: int, n_train: int, n_valid: int
     first: List[float] = []
 
     def on_metrics(row: Dict[str, Any]) -> None:
-        if row.get("kind") == "valid" and not first:
-            first.append(float(row["valid_loss"]))
+        if row.get("kind") == "valid":
+            if TRACE:
+                print(f"trace ours      iter {row.get('iter')} valid {float(row['valid_loss']):.9g}", flush=True)
+            if not first:
+                first.append(float(row["valid_loss"]))
 
     with tempfile.TemporaryDirectory() as tmp:
         tr = LD3Trainer(cfg, get_solver("uni_pc", loaded.noise_schedule, order=2, variant="bh1"), nfe,
@@ -182,6 +187,8 @@ def run_reference(mod: types.ModuleType, p: Dict[str, Any], nfe: int, batch: int
 
         def _run_validation(self):
             out = super()._run_validation()
+            if TRACE:
+                print(f"trace reference iter {self.cur_iter} valid {float(out[0]):.9g}", flush=True)
             if not first:
                 first.append(float(out[0]))
             return out
@@ -232,9 +239,12 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--no-convergence", action="store_true", help="only the seconds per iteration")
     ap.add_argument("--reference-plots", action="store_true", help="keep the reference's per-improvement plot")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--trace", action="store_true", help="print every validation loss of both trainers")
     ap.add_argument("--seed", type=int, default=0, help="shuffle seed of both trainers (the problem stays the same)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "learner_speed.md")
     args = ap.parse_args(argv)
+    global TRACE
+    TRACE = args.trace
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)  # the reference's uni_pc.py warns on every step

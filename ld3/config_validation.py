@@ -174,6 +174,10 @@ def validate_config(cfg: Any, entry: str) -> Dict[str, Any]:
     steps = check_int("steps", c.get("steps"))
     check_model(c["model"])
     solver = c["solver"]
+    stray = sorted(set(solver) - {"name", "options"})
+    if stray:  # e.g. solver.order=3: a solver's options live under solver.options
+        raise ConfigError(f"solver.{stray[0]}={solver[stray[0]]!r} is not a solver key: the solver config holds "
+                          f"name and options; solver options go under solver.options (solver.options.{stray[0]}=...)")
     check_solver("solver", solver.get("name"), solver.get("options"), steps)
     check_extras(c)
     if entry == "main":

@@ -149,3 +149,16 @@ def test_debug_flag_shows_the_traceback(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "Traceback" in out.stderr and out.stderr.strip().splitlines()[-1].startswith("main.py: error: steps=0")
+
+
+def test_validate_config_refuses_solver_keys_outside_options():
+    """Programmatic composes (hydra's compose API, scripts) bypass the command-line check: a solver option given
+    next to ``name`` instead of under ``options`` would be ignored, so it is an error naming the right place."""
+    from test_fid_scale import _compose
+
+    from ld3.config_validation import ConfigError, validate_config
+
+    c = _compose(["solver=uni_pc"])
+    c["solver"]["convert_at"] = "grid_time"
+    with pytest.raises(ConfigError, match=r"solver.convert_at='grid_time' is not a solver key.*solver.options"):
+        validate_config(c, "eval_fid")

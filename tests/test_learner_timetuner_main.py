@@ -139,3 +139,56 @@ def test_main_timetuner_multirun(tmp_path):
     assert solvers == {"ddim", "ipndm"}
     rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert sorted(r["solver"] for r in rows) == ["ddim", "ipndm"]
+
+
+@pytest.mark.parametrize("solver", ["uni_pc", "dpm_solver++"])
+def test_solver_output_convert_at_auto_keeps_the_better_rule(gmm, tmp_path, solver):
+    """Data-prediction solvers: ``convert_at: auto`` tunes with x0 taken at t_i (grid_time) and at r_i t_i
+    (network_time), keeps the lower validation loss, records the rule, and the saved grid reproduces the reported
+    held-out distance only with that rule."""
+    data = _exact_teacher(gmm, 20)
+    res = run_learner(_cfg(tmp_path, solver=solver, objective="solver_output", total_iters=8, lr=5e-2,
+                           valid_every=2), data=data, loaded=gmm)
+    by_rule = res["valid_loss_by_convert_at"]
+    assert set(by_rule) == {"grid_time", "network_time"}
+    assert res["convert_at"] == min(by_rule, key=by_rule.get)
+    assert res["valid_loss_tuned"] == by_rule[res["convert_at"]]
+    from ld3.discretizations import load
+
+    d = load(Path(res["run_dir"]) / "discretization.json")
+    assert d.config["solver_options"] == {"convert_at": res["convert_at"]}
+    assert res["returned"] == "learned" and not torch.equal(d.model_timesteps, d.timesteps)
+    ns = gmm.noise_schedule
+    test = LD3Data(data.latents[12:20], data.targets[12:20])
+    mse = {}
+    for rule in ("grid_time", "network_time"):
+        out = get_solver(solver, ns, convert_at=rule).sample(gmm.model_fn(), test.latents * prior_scale(ns),
+                                                             d.timesteps, model_timesteps=d.model_timesteps)
+        mse[rule] = float(((out - test.targets) ** 2).mean(1).mean())
+    assert res["learned"] == pytest.approx(mse[res["convert_at"]], rel=1e-9)
+    assert mse["grid_time"] != pytest.approx(mse["network_time"], rel=1e-6)
+
+    # one rule on request; a bad value is named
+    fixed = run_learner(_cfg(tmp_path / "fixed", solver=solver, objective="solver_output", total_iters=4,
+                             convert_at="grid_time"), data=data, loaded=gmm)
+    assert fixed["convert_at"] == "grid_time" and "valid_loss_by_convert_at" not in fixed
+    with pytest.raises(ValueError, match="learner.convert_at='t2'.*allowed"):
+        run_learner(_cfg(tmp_path / "bad", solver=solver, convert_at="t2"), data=data, loaded=gmm)
+    ipndm = run_learner(_cfg(tmp_path / "ipndm", objective="solver_output", total_iters=2), data=data, loaded=gmm)
+    assert "convert_at" not in ipndm  # a noise-prediction solver has no conversion to choose
+
+
+def test_learned_file_refuses_another_x0_conversion_rule(gmm, tmp_path):
+    """A grid whose network times were learned with one convert_at rule is refused by a solver using the other."""
+    from ld3.discretizations import get_discretization, save
+
+    ns = gmm.noise_schedule
+    t1 = default_timesteps(ns, 3)
+    t2 = torch.cat([t1[:-1] * 0.95, t1[-1:]])
+    path = tmp_path / "d.json"
+    save(path, t1, model="analytic_gmm", solver="uni_pc", nfe=3, model_timesteps=t2, source="learned:timetuner",
+         config={"solver_options": {"convert_at": "grid_time"}})
+    ok = get_discretization("learned", ns, 3, solver=get_solver("uni_pc", ns, convert_at="grid_time"), path=path)
+    assert torch.allclose(ok.model_timesteps, t2)
+    with pytest.raises(ValueError, match="convert_at='grid_time'.*solver.options.convert_at=grid_time"):
+        get_discretization("learned", ns, 3, solver=get_solver("uni_pc", ns), path=path)

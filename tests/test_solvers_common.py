@@ -143,6 +143,8 @@ def test_nfe_count_matches_documentation(case, problem):
 def test_decoupled_time(case, problem):
     ns, gmm = problem
     solver = make(case, ns)
+    if hasattr(solver, "convert_at"):  # data-prediction solvers: x0 conversion at t1 here (network_time below)
+        solver = get_solver(case.name, ns, **{**case.options, "convert_at": "grid_time"})
     n = solver.num_timesteps(valid_nfe(solver, 5))
     ts = logsnr_grid(ns, n, 0.9, 0.01)
     x = x_T_for(ns, 3, gmm.D, t=0.9)
@@ -337,3 +339,34 @@ def test_describe_rebuilds_the_same_solver(case, problem):
     assert torch.equal(rebuilt.sample(gmm.eps, x, ts), solver.sample(gmm.eps, x, ts))
     for k, v in case.options.items():  # the options the case set are recorded as given
         assert desc[k] == v, (k, desc)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("uni_pc", "dpm_solver++")], ids=lambda c: c.id)
+def test_decoupled_time_converts_at_network_time(case, problem):
+    """convert_at='network_time' (LD3's reference solvers): the data prediction at grid point t1 with network
+    time t2 is x0 = (x - sigma(t2) eps(x, t2)) / alpha(t2). Equivalent plain run: a network that returns, at
+    t1, the noise eps' = (x - alpha(t1) x0) / sigma(t1) that the grid-time conversion turns into that x0."""
+    ns, gmm = problem
+    solver = get_solver(case.name, ns, **{**case.options, "convert_at": "network_time"})
+    assert get_solver(case.name, ns, **case.options).convert_at == "network_time"  # the default
+    n = solver.num_timesteps(valid_nfe(solver, 5))
+    ts = logsnr_grid(ns, n, 0.9, 0.01)
+    x = x_T_for(ns, 3, gmm.D, t=0.9)
+
+    def f(t):
+        return ns.inverse_lambda(ns.marginal_lambda(t, check=False) + 0.07)
+
+    def eps_equivalent(x_, t_):
+        t2 = f(t_)
+        a2, s2 = ns.marginal_alpha(t2)[:, None], ns.marginal_std(t2)[:, None]
+        a1, s1 = ns.marginal_alpha(t_)[:, None], ns.marginal_std(t_)[:, None]
+        x0 = (x_ - s2 * gmm.eps(x_, t2)) / a2
+        return (x_ - a1 * x0) / s1
+
+    decoupled = solver.sample(gmm.eps, x, ts, model_timesteps=f(ts))
+    reference = solver.sample(eps_equivalent, x, ts)
+    assert torch.allclose(decoupled, reference, rtol=1e-9, atol=1e-11)
+    grid_time = get_solver(case.name, ns, **{**case.options, "convert_at": "grid_time"})
+    assert not torch.allclose(decoupled, grid_time.sample(gmm.eps, x, ts, model_timesteps=f(ts)), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="convert_at"):
+        get_solver(case.name, ns, convert_at="t2")

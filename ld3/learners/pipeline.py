@@ -364,6 +364,8 @@ def finish_run(
     from ld3.learners.plots import plot_schedule, plot_training_curve
 
     metrics = {"eval_split": report["eval_split"], su.loss_label: report["learned"], **disc_metrics}
+    if hasattr(su.solver, "convert_at"):  # the learned t2 means something only with the rule it was learned with
+        disc_config = {**disc_config, "solver_options": {"convert_at": su.solver.convert_at}}
     save_disc(run_dir / "discretization.json", t1, model=su.mcfg["name"], solver=su.solver.name, nfe=su.steps,
               model_timesteps=t2, time_unit="t", source=f"learned:{task}", metrics=metrics, config=disc_config)
     atomic_write_json(run_dir / "history.json", history)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -33,6 +33,7 @@ from ld3.learners.timetuner import (
     timesteps_from_indices,
     tuned_model_timesteps,
 )
+from ld3.solvers.common import CONVERT_AT
 
 log = logging.getLogger("ld3.learner")
 
@@ -40,6 +41,7 @@ log = logging.getLogger("ld3.learner")
 BEST_HANDCRAFTED = "best_handcrafted"
 #: ``objective``: the paper's per-step DDIM objective, or tuning through the run's solver to the teacher (ours)
 OBJECTIVES = ("ddim_step", "solver_output")
+CONVERT_AT_CHOICES = ("auto", "solver", *CONVERT_AT)
 #: keys of configs/learner/ld3.yaml that a per-model preset may set and TimeTuner does not use (ignored)
 _LD3_ONLY = frozenset(f.name for f in fields(LD3Config)) - {"num_train", "num_valid", "num_test", "eval_batch_size"}
 
@@ -62,6 +64,12 @@ class TimeTunerRunConfig:
     objective: str = "ddim_step"
     #: solver_output only: validate every this many iterations (the best ratios on validation are returned)
     valid_every: int = 10
+    #: data-prediction solvers (uni_pc, dpm_solver++) only: where their noise prediction, taken at the network time
+    #: r_i t_i, becomes x0. grid_time: at t_i (the paper's TimeTuner: only the network's input moves);
+    #: network_time: at r_i t_i; solver: the solver config's ``convert_at``; auto: solver_output tunes the ratios
+    #: with both rules and keeps the one with the lower validation loss, ddim_step uses grid_time (its ratios
+    #: are tuned for DDIM, where only the input moves). The result and discretization.json record the rule.
+    convert_at: str = "auto"
     #: Adam lr of each ratio (betas 0.9, 0.999; init 1)
     lr: float = DEFAULT_LR
     #: batches per tuned step (the loader is cycled)
@@ -105,6 +113,9 @@ class TimeTunerRunConfig:
             raise ValueError(f"learner.tune_type={self.tune_type!r} is not supported; allowed: {list(TUNE_TYPES)}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"learner.objective={self.objective!r} is not supported; allowed: {list(OBJECTIVES)}")
+        if self.convert_at not in CONVERT_AT_CHOICES:
+            raise ValueError(f"learner.convert_at={self.convert_at!r} is not supported; allowed: "
+                             f"{list(CONVERT_AT_CHOICES)}")
         for k in ("total_iters", "batch_size", "num_train", "eval_batch_size", "valid_every"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -252,12 +263,23 @@ def _run(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor | None, run_dir: 
         log.info("TimeTuner base grid on validation: " + ", ".join(f"{k} {v:.6g}" for k, v in scores.items())
                  + f" -> {base}")
     if tcfg.objective == "solver_output":
-        t1, t2, history, extra = _tune_solver_output(su, tcfg, grid, run_dir, train, valid, make_fn, logger)
+        tried = {}
+        for rule, su_rule in conversion_setups(su, tcfg).items():
+            tried[rule] = (su_rule, _tune_solver_output(su_rule, tcfg, grid, run_dir, train, valid, make_fn, logger))
+        rule = min(tried, key=lambda k: tried[k][1][3]["valid_loss_tuned"])  # first (the configured rule) on ties
+        su, (t1, t2, history, extra) = tried[rule]
+        if len(tried) > 1:
+            extra["valid_loss_by_convert_at"] = {k: v[1][3]["valid_loss_tuned"] for k, v in tried.items()}
+            log.info("TimeTuner convert_at on validation: " + ", ".join(
+                f"{k} {v:.6g}" for k, v in extra["valid_loss_by_convert_at"].items()) + f" -> {rule}")
     else:
+        su = next(iter(conversion_setups(su, tcfg).values()))
         x0_train = train.targets if x0 is None else x0[:len(train)]
         t1, t2, history, extra = _tune_ddim_step(su, tcfg, grid, run_dir, train, valid, make_fn, logger, data_root,
                                                  x0_train)
     extra["base_grid"] = base
+    if hasattr(su.solver, "convert_at"):
+        extra["convert_at"] = su.solver.convert_at
     report, grids = pl.held_out_report(su, make_fn, held_out, eval_split, t1, t2, tcfg.eval_batch_size)
     return pl.finish_run(
         su, run_dir, logger, "timetuner", t1, t2, report, grids, history, extra=extra,
@@ -323,13 +345,38 @@ def _tune_ddim_step(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor, run_d
     return t1, t2, history, extra
 
 
+def conversion_setups(su: Any, tcfg: TimeTunerRunConfig) -> Dict[str, Any]:
+    """The run setups (solvers) that ``learner.convert_at`` asks to try, keyed by conversion rule; the solver's own
+    rule first. One entry, the run's own solver, for solvers without a ``convert_at`` option."""
+    from ld3.solvers import get_solver
+
+    own = getattr(su.solver, "convert_at", None)
+    if own is None or tcfg.convert_at == "solver":
+        return {own or "n/a": su}
+    if tcfg.convert_at == "auto":
+        rules = [own, *[r for r in CONVERT_AT if r != own]] if tcfg.objective == "solver_output" else ["grid_time"]
+    else:
+        rules = [tcfg.convert_at]
+    out = {}
+    for rule in rules:
+        if rule == own:
+            out[rule] = su
+            continue
+        opts = {**dict(su.scfg.get("options") or {}), "convert_at": rule}
+        solver = get_solver(su.scfg["name"], su.loaded.noise_schedule, **opts)
+        out[rule] = replace(su, solver=solver, scfg={**su.scfg, "options": opts})
+    return out
+
+
 def _tune_solver_output(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor, run_dir: Path, train: LD3Data,
                         valid: LD3Data, make_fn: Any, logger: Any):
     """Ours: all ratios jointly through the run's solver to the teacher's samples (ld3/learners/timetuner_output.py)."""
     from ld3.learners.timetuner_output import tune_ratios_solver_output
 
     bs = min(tcfg.batch_size, len(train))
-    log.info(f"TimeTuner run {run_dir.name}: model {su.mcfg['name']}, solver {su.solver.name}, NFE {su.steps} "
+    rule = getattr(su.solver, "convert_at", None)
+    log.info(f"TimeTuner run {run_dir.name}: model {su.mcfg['name']}, solver {su.solver.name}"
+             + (f" (convert_at {rule})" if rule else "") + f", NFE {su.steps} "
              f"({grid.numel() - 1} tuned ratios), objective solver_output, lr {tcfg.lr}, {tcfg.total_iters} "
              f"batches of {bs}, validation every {tcfg.valid_every}, loss {su.loss_label}, device {su.device}")
 

@@ -7,7 +7,7 @@ All functions are pure and differentiable. They assume the grid was validated on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -39,6 +39,22 @@ def grid_quantities(noise_schedule: NoiseSchedule, timesteps: torch.Tensor, with
     alpha = torch.exp(log_alpha)
     lam = log_alpha - torch.log(sigma) if with_lambda else None
     return Grid(t=timesteps, alpha=alpha, sigma=sigma, lam=lam, edm=sigma / alpha)
+
+
+#: where a data-prediction solver converts the network's noise prediction to x0 when the network is given
+#: other times than the grid (``model_timesteps``, LD3's t2): ``network_time`` (LD3's reference solvers:
+#: x0 = (x - sigma(t2) eps) / alpha(t2), the noise level the network was told) or ``grid_time``
+#: (x0 = (x - sigma(t1) eps) / alpha(t1)). Identical when the two grids are equal.
+CONVERT_AT = ("network_time", "grid_time")
+
+
+def x0_conversion(
+    noise_schedule: NoiseSchedule, g: Grid, model_timesteps: torch.Tensor, convert_at: str
+) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """Per grid point (1 / alpha, -sigma / alpha) of x0 = x / alpha - (sigma / alpha) eps (see ``CONVERT_AT``)."""
+    if convert_at == "network_time" and model_timesteps is not g.t:
+        g = grid_quantities(noise_schedule, model_timesteps, with_lambda=False)
+    return list((1.0 / g.alpha).unbind(0)), list((-g.edm).unbind(0))
 
 
 def per_sample(values: torch.Tensor, batch: int) -> List[torch.Tensor]:

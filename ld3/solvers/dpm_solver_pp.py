@@ -52,7 +52,15 @@ import torch
 
 from ld3.solvers._multistep import check_bool, multistep_orders, run_plan, select_rows, shifted
 from ld3.solvers.base import ModelFn, Solver, StepHook, register_solver
-from ld3.solvers.common import Grid, check_choice, check_int_range, grid_quantities, per_sample
+from ld3.solvers.common import (
+    CONVERT_AT,
+    Grid,
+    check_choice,
+    check_int_range,
+    grid_quantities,
+    per_sample,
+    x0_conversion,
+)
 
 #: accepted spellings of solver_type -> canonical name
 SOLVER_TYPES = {"midpoint": "midpoint", "dpmsolver": "midpoint", "taylor": "taylor", "heun": "taylor"}
@@ -89,6 +97,10 @@ class DPMSolverPP(Solver):
         order3_form: 3M update, 'reference' (LuChengTHU/dpm-solver and diffusers: weight phi_3 on D2,
             globally second order) or 'consistent' (weight 2 phi_3: exact for quadratic data
             predictions, third order). Default 'reference'.
+        convert_at: where the network's noise prediction becomes x0 when the network is given other
+            times than the grid (``model_timesteps``, LD3's t2): 'network_time' (default; LD3's
+            reference solvers, x0 = (x - sigma(t2) eps) / alpha(t2)) or 'grid_time' (at t1). No
+            effect when the network sees the grid's own times.
         thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen dynamic thresholding of
             every data prediction (see :mod:`ld3.solvers.thresholding`).
     """
@@ -102,6 +114,7 @@ class DPMSolverPP(Solver):
         lower_order_final: bool = True,
         lower_order_final_below: int = 10,
         order3_form: str = "reference",
+        convert_at: str = "network_time",
         **options: Any,
     ) -> None:
         super().__init__(noise_schedule, **options)
@@ -115,6 +128,8 @@ class DPMSolverPP(Solver):
         check_choice("order3_form", order3_form, ORDER3_FORMS)
         self.order3_form = order3_form
         self._d2_factor = 1.0 if order3_form == "reference" else 2.0
+        check_choice("convert_at", convert_at, CONVERT_AT)
+        self.convert_at = convert_at
 
     # ------------------------------------------------------------------ schedules of orders
     def step_orders(self, n_steps: int) -> List[int]:
@@ -208,8 +223,7 @@ class DPMSolverPP(Solver):
     ) -> torch.Tensor:
         g = grid_quantities(self.noise_schedule, timesteps)
         plan = self._plan(g)
-        inv_alpha = (1.0 / g.alpha).unbind(0)
-        neg_edm = (-g.edm).unbind(0)
+        inv_alpha, neg_edm = x0_conversion(self.noise_schedule, g, model_timesteps, self.convert_at)
         t_in = per_sample(model_timesteps, x.shape[0])
         thr = self.thresholding if self.thresholding.thresholding else None
 
@@ -228,5 +242,6 @@ class DPMSolverPP(Solver):
             "lower_order_final": self.lower_order_final,
             "lower_order_final_below": self.lower_order_final_below,
             "order3_form": self.order3_form,
+            "convert_at": self.convert_at,
             **self.thresholding.describe(),
         }

@@ -32,7 +32,7 @@ import torch
 
 from ld3.solvers._multistep import check_bool, lagrange_weights, multistep_orders, select_rows, shifted
 from ld3.solvers.base import ModelFn, Solver, StepHook, register_solver
-from ld3.solvers.common import check_choice, check_int_range, grid_quantities, per_sample
+from ld3.solvers.common import CONVERT_AT, check_choice, check_int_range, grid_quantities, per_sample, x0_conversion
 
 VARIANTS = ("bh1", "bh2")
 
@@ -47,6 +47,10 @@ class UniPC(Solver):
             config; diffusers' UniPCMultistepScheduler defaults to 'bh2').
         lower_order_final: cap the order of the last steps at the number of steps left (default True).
         corrector: apply UniC after every step but the last (default True); False gives plain UniP.
+        convert_at: where the network's noise prediction becomes x0 when the network is given other
+            times than the grid (``model_timesteps``, LD3's t2): 'network_time' (default; LD3's
+            reference solvers, x0 = (x - sigma(t2) eps) / alpha(t2)) or 'grid_time' (at t1). No
+            effect when the network sees the grid's own times.
         thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen dynamic thresholding of
             every data prediction (see :mod:`ld3.solvers.thresholding`).
     """
@@ -58,6 +62,7 @@ class UniPC(Solver):
         variant: str = "bh1",
         lower_order_final: bool = True,
         corrector: bool = True,
+        convert_at: str = "network_time",
         **options: Any,
     ) -> None:
         super().__init__(noise_schedule, **options)
@@ -66,6 +71,8 @@ class UniPC(Solver):
         self.variant = variant
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.corrector = check_bool("corrector", corrector)
+        check_choice("convert_at", convert_at, CONVERT_AT)
+        self.convert_at = convert_at
 
     def step_orders(self, n_steps: int) -> List[int]:
         """The predictor (and corrector) order of every step."""
@@ -122,8 +129,7 @@ class UniPC(Solver):
     ) -> torch.Tensor:
         c, wp, wc, g = self.coefficients(timesteps)
         n_steps = len(c)
-        inv_alpha = (1.0 / g.alpha).unbind(0)
-        neg_edm = (-g.edm).unbind(0)
+        inv_alpha, neg_edm = x0_conversion(self.noise_schedule, g, model_timesteps, self.convert_at)
         t_in = per_sample(model_timesteps, x.shape[0])
         thr = self.thresholding if self.thresholding.thresholding else None
 
@@ -160,5 +166,6 @@ class UniPC(Solver):
             "variant": self.variant,
             "lower_order_final": self.lower_order_final,
             "corrector": self.corrector,
+            "convert_at": self.convert_at,
             **self.thresholding.describe(),
         }
