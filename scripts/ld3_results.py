@@ -93,6 +93,9 @@ def compose(model: str, solver: str, steps: int, learner: str, args: argparse.Na
         cfg = hydra_compose(config_name="config", overrides=overrides)
     c = OmegaConf.to_container(cfg, resolve=True)
     c.pop("hydra", None)
+    from ld3.config_validation import validate_config
+
+    validate_config(c, "main")  # what main.py checks before it runs (a misplaced --override is an error here too)
     return c
 
 
