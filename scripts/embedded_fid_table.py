@@ -31,6 +31,7 @@ def _compose(config_name: str, overrides: List[str]):
 
 
 def _fid(out: Path, solver: str, nfe: int, kind: str, args, extra: Optional[List[str]] = None) -> float:
+    from ld3.config_schema import solver_option_defaults
     from ld3.metrics.evaluate import run_from_config
 
     tag = f"{solver}-N{nfe}-{kind}"
@@ -39,6 +40,8 @@ def _fid(out: Path, solver: str, nfe: int, kind: str, args, extra: Optional[List
             f"num_samples={args.num_samples}", f"batch_size={args.batch_size}", f"seed={args.seed}",
             f"out_dir={out / 'fid' / tag}", "progress=false", "save_grid=false", "device=cpu",
             f"paths.results={args.results}", *(extra or [])]
+    if kind in ("timetuner", "untuned") and "convert_at" in solver_option_defaults(solver):
+        over.append("solver.options.convert_at=grid_time")  # TimeTuner moves only the network's input time
     return float(run_from_config(_compose("eval_fid", over))["fid"])
 
 

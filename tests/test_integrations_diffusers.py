@@ -511,3 +511,15 @@ def test_any_config_with_karras_sigmas_selects_the_karras_grid():
     ours.set_timesteps(7)
     assert ours.timesteps.tolist() == theirs.timesteps[:-1].tolist()
     assert LD3Scheduler.from_config(theirs.config, discretization="logSNR").config.discretization == "logSNR"
+
+
+def test_from_discretization_applies_the_recorded_x0_rule(tmp_path):
+    """A file that records ``solver_options.convert_at`` (TimeTuner's files: grid_time) builds a scheduler whose
+    solver uses it; an explicit ``solver_options`` wins; solvers without the option ignore it."""
+    path = save_discretization(tmp_path / "tt.json", torch.tensor([1.0, 0.5, 0.001]),
+                               model_timesteps=torch.tensor([1.0, 0.45, 0.001]), solver="uni_pc", nfe=2,
+                               config={"solver_options": {"convert_at": "grid_time"}})
+    assert LD3Scheduler.from_discretization(path).solver.convert_at == "grid_time"
+    own = LD3Scheduler.from_discretization(path, solver_options={"convert_at": "network_time"})
+    assert own.solver.convert_at == "network_time"
+    assert not hasattr(LD3Scheduler.from_discretization(path, solver="ipndm").solver, "convert_at")

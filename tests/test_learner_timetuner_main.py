@@ -192,3 +192,16 @@ def test_learned_file_refuses_another_x0_conversion_rule(gmm, tmp_path):
     assert torch.allclose(ok.model_timesteps, t2)
     with pytest.raises(ValueError, match="convert_at='grid_time'.*solver.options.convert_at=grid_time"):
         get_discretization("learned", ns, 3, solver=get_solver("uni_pc", ns), path=path)
+
+
+def test_timetuner_api_file_records_grid_time(gmm, tmp_path):
+    """TimeTuner's own files (the DDIM API) say x0 is taken at the grid time, TimeTuner's definition."""
+    from ld3.discretizations import get_discretization, load
+
+    ns = gmm.noise_schedule
+    path = TimeTuner(gmm.model_fn(), ns).save_discretization(tmp_path / "tt.json", [0.97, 0.99, 1.0], num_steps=3,
+                                                              solver="uni_pc")
+    assert load(path).config["solver_options"] == {"convert_at": "grid_time"}
+    get_discretization("learned", ns, 3, solver=get_solver("uni_pc", ns, convert_at="grid_time"), path=path)
+    with pytest.raises(ValueError, match="convert_at='grid_time'"):
+        get_discretization("learned", ns, 3, solver=get_solver("uni_pc", ns), path=path)

@@ -180,7 +180,11 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         JSON, or the LD3 reference's ``best_v2.pt``), with the noise schedule of ``scheduler_config`` (e.g.
         ``pipe.scheduler.config``). The solver is the file's unless ``solver=`` is given; ``solver_options``
         (the options the grid was learned with) should be passed when they differ from the solver's defaults.
+        The x0 conversion rule a file records (``config.solver_options.convert_at``) is applied when the solver
+        has that option and ``solver_options`` does not set it.
         """
+        from ld3.config_schema import solver_option_defaults
+
         d = load_discretization(path)
         config = {k: v for k, v in dict(scheduler_config or {}).items() if not k.startswith("_")}
         config.update(overrides)
@@ -188,6 +192,9 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         if not solver:
             raise ValueError(f"{path}: the file names no solver; pass solver=... (one of ld3.solvers.available())")
         config["solver"] = solver
+        rule = (d.config.get("solver_options") or {}).get("convert_at") if isinstance(d.config, dict) else None
+        if rule is not None and "convert_at" in solver_option_defaults(solver):
+            config["solver_options"] = {"convert_at": rule, **dict(config.get("solver_options") or {})}
         probe = cls.from_config({**config, "learned_timesteps": None, "learned_model_timesteps": None,
                                  "discretization": None})
         ns = probe.noise_schedule

@@ -320,7 +320,11 @@ class TimeTuner:
         metrics: Dict[str, Any] | None = None,
         config: Dict[str, Any] | None = None,
     ):
-        """Write the tuned schedule as an ``ld3.discretization/1`` JSON file (source ``learned:timetuner``)."""
+        """Write the tuned schedule as an ``ld3.discretization/1`` JSON file (source ``learned:timetuner``).
+
+        The file records ``solver_options: {convert_at: grid_time}``: in TimeTuner only the network's input time
+        moves, so a data-prediction solver (uni_pc, dpm_solver++) must take x0 at the grid time; the ``learned``
+        kind refuses such a solver set to the other rule."""
         from ld3.discretizations import save
 
         ts, mts = self.tuned_timesteps(t_ratios, num_steps, timesteps)
@@ -335,7 +339,8 @@ class TimeTuner:
             time_unit="t",
             source="learned:timetuner",
             metrics=metrics,
-            config={"t_ratios": ratios, "noise_schedule": self.noise_schedule.describe(), **(config or {})},
+            config={"t_ratios": ratios, "noise_schedule": self.noise_schedule.describe(),
+                    "solver_options": {"convert_at": "grid_time"}, **(config or {})},
         )
 
     # ------------------------------------------------------------------ model and DDIM step
