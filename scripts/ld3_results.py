@@ -36,7 +36,6 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -56,7 +55,6 @@ from ld3.learners.pipeline import (  # noqa: E402
     run_learner,
 )
 from ld3.models.zoo import load_model  # noqa: E402
-from ld3.solvers import get_solver  # noqa: E402
 from ld3.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 LEARNERS = ("ld3", "timetuner")
@@ -265,10 +263,7 @@ def evaluate_cell(args: argparse.Namespace, model: str, solver: str, nfe: int, c
             vals = rec["losses"]
         else:
             t0 = time.time()
-            su_rule = su
-            if rule is not None and rule != su.solver.convert_at:
-                opts = {**dict(su.scfg.get("options") or {}), "convert_at": rule}
-                su_rule = replace(su, solver=get_solver(su.scfg["name"], su.loaded.noise_schedule, **opts))
+            su_rule = su if rule is None or rule == su.solver.convert_at else su.with_solver_options(convert_at=rule)
             vals = per_sample_losses(su_rule, make_fn, held_out, t1.to(torch.float64), t2, args.eval_batch_size)
             rec = {"model": model, "solver": solver, "nfe": nfe, "grid": name, "timesteps": t1.tolist(),
                    "model_timesteps": None if t2 is None else t2.tolist(), "test_start": ctx.start, "n": len(vals),

@@ -50,6 +50,11 @@ class Discretization:
     def __len__(self) -> int:
         return int(self.timesteps.numel())
 
+    @property
+    def recorded_solver_options(self) -> Dict[str, Any]:
+        """Solver options the file says its grid needs (``config.solver_options``, e.g. ``convert_at``); {} if none."""
+        return dict((self.config.get("solver_options") if isinstance(self.config, dict) else None) or {})
+
 
 @dataclass
 class Request:

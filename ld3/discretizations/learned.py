@@ -63,7 +63,7 @@ def learned(
         problems.append(f"it was made for solver {d.solver!r}, this run uses solver {req.solver_name!r}")
     if d.nfe is not None and d.nfe != req.nfe:
         problems.append(f"it was made for NFE {d.nfe}, this run uses NFE {req.nfe}")
-    rule = (d.config.get("solver_options") or {}).get("convert_at") if isinstance(d.config, dict) else None
+    rule = d.recorded_solver_options.get("convert_at")
     run_rule = getattr(req.solver, "convert_at", None)
     if rule is not None and run_rule is not None and rule != run_rule and d.model_timesteps is not None:
         problems.append(f"its network times were learned with the solver's convert_at={rule!r}, this run's solver "

@@ -192,7 +192,7 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         if not solver:
             raise ValueError(f"{path}: the file names no solver; pass solver=... (one of ld3.solvers.available())")
         config["solver"] = solver
-        rule = (d.config.get("solver_options") or {}).get("convert_at") if isinstance(d.config, dict) else None
+        rule = d.recorded_solver_options.get("convert_at")
         if rule is not None and "convert_at" in solver_option_defaults(solver):
             config["solver_options"] = {"convert_at": rule, **dict(config.get("solver_options") or {})}
         probe = cls.from_config({**config, "learned_timesteps": None, "learned_model_timesteps": None,

@@ -240,6 +240,16 @@ class RunSetup:
     loss_opts: Dict[str, Any]
     loss_label: str
 
+    def with_solver_options(self, **changes: Any) -> "RunSetup":
+        """This setup with the solver rebuilt from its config options updated by ``changes`` (config too)."""
+        from dataclasses import replace
+
+        from ld3.solvers import get_solver
+
+        opts = {**dict(self.scfg.get("options") or {}), **changes}
+        solver = get_solver(self.scfg["name"], self.loaded.noise_schedule, **opts)
+        return replace(self, solver=solver, scfg={**self.scfg, "options": opts})
+
     @property
     def latent_dim(self) -> int:
         n = 1

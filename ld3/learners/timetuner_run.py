@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -348,8 +348,6 @@ def _tune_ddim_step(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor, run_d
 def conversion_setups(su: Any, tcfg: TimeTunerRunConfig) -> Dict[str, Any]:
     """The run setups (solvers) that ``learner.convert_at`` asks to try, keyed by conversion rule; the solver's own
     rule first. One entry, the run's own solver, for solvers without a ``convert_at`` option."""
-    from ld3.solvers import get_solver
-
     own = getattr(su.solver, "convert_at", None)
     if own is None or tcfg.convert_at == "solver":
         return {own or "n/a": su}
@@ -357,15 +355,7 @@ def conversion_setups(su: Any, tcfg: TimeTunerRunConfig) -> Dict[str, Any]:
         rules = [own, *[r for r in CONVERT_AT if r != own]] if tcfg.objective == "solver_output" else ["grid_time"]
     else:
         rules = [tcfg.convert_at]
-    out = {}
-    for rule in rules:
-        if rule == own:
-            out[rule] = su
-            continue
-        opts = {**dict(su.scfg.get("options") or {}), "convert_at": rule}
-        solver = get_solver(su.scfg["name"], su.loaded.noise_schedule, **opts)
-        out[rule] = replace(su, solver=solver, scfg={**su.scfg, "options": opts})
-    return out
+    return {rule: su if rule == own else su.with_solver_options(convert_at=rule) for rule in rules}
 
 
 def _tune_solver_output(su: Any, tcfg: TimeTunerRunConfig, grid: torch.Tensor, run_dir: Path, train: LD3Data,
